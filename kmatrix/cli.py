@@ -1,0 +1,141 @@
+"""The `kmatrix` command: list, run, shell, setup."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kmatrix import __version__
+from kmatrix.errors import KmatrixError
+from kmatrix.hostsetup import ensure_host_packages
+from kmatrix.matrix import load_matrix
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_matrix() -> Path:
+    local = Path.cwd() / "matrix" / "default.yaml"
+    return local if local.is_file() else PROJECT_ROOT / "matrix" / "default.yaml"
+
+
+def _testcases_dir() -> Path:
+    local = Path.cwd() / "testcases"
+    return local if local.is_dir() else PROJECT_ROOT / "testcases"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    m = load_matrix(args.matrix)
+    width = max(len(c.id) for c in m.cells)
+    print(f"# {m.path}: {len(m.cells)} cells")
+    for c in m.cells:
+        k = c.kernel
+        print(
+            f"{c.id:<{width}}  {k.source}:{k.location}  cpu={c.cpu.model} smp={c.smp} "
+            f"mem={c.memory}M machine={c.device.machine}"
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    load_matrix(args.matrix)  # fail fast, before pytest starts, on a bad matrix
+    reports = Path(args.reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(_testcases_dir()),
+        "-p",
+        "kmatrix",
+        f"--kmatrix-matrix={args.matrix}",
+        f"--kmatrix-reports={reports}",
+        f"--junitxml={reports / 'junit.xml'}",
+        "-o",
+        "junit_family=xunit2",
+        "-rfEs",
+    ]
+    if args.accel:
+        argv.append(f"--kmatrix-accel={args.accel}")
+    if args.workers:
+        argv += ["-n", args.workers]
+    argv += extra
+    print("kmatrix run: " + " ".join(argv), flush=True)
+    return subprocess.call(argv)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from kmatrix.guest import Guest
+
+    m = load_matrix(args.matrix)
+    cell = m.cell(args.cell)
+    g = Guest(cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel)
+    g.prepare()
+    print(
+        f"kmatrix shell: booting {cell.id}; exit the shell (or Ctrl-A x) to power off", flush=True
+    )
+    return g.shell()
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    return ensure_host_packages(check_only=args.check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kmatrix", description=__doc__)
+    p.add_argument("--version", action="version", version=f"kmatrix {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_matrix(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--matrix",
+            "-m",
+            type=Path,
+            default=_default_matrix(),
+            help="matrix file (default: matrix/default.yaml)",
+        )
+
+    sp = sub.add_parser("list", help="list the cells of a matrix")
+    with_matrix(sp)
+    sp = sub.add_parser(
+        "run",
+        help="run the matrix through pytest; reports into reports/",
+        epilog="arguments after -- go to pytest (e.g. -- -k Haswell -x)",
+    )
+    with_matrix(sp)
+    sp.add_argument("--reports", default="reports")
+    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp.add_argument("-n", "--workers", help="pytest-xdist workers (e.g. 2 or auto)")
+    sp = sub.add_parser("shell", help="boot one cell and attach an interactive shell")
+    with_matrix(sp)
+    sp.add_argument("cell", help="cell id, e.g. deb-6.12-cloud/Haswell/virtio")
+    sp.add_argument("--reports", default="reports")
+    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp = sub.add_parser("setup", help="install missing host packages (as root)")
+    sp.add_argument("--check", action="store_true", help="only report what is missing")
+
+    raw = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in raw:
+        i = raw.index("--")
+        raw, extra = raw[:i], raw[i + 1 :]
+    args = p.parse_args(raw)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "run":
+            return cmd_run(args, extra)
+        if args.command == "shell":
+            return cmd_shell(args)
+        return cmd_setup(args)
+    except KmatrixError as e:
+        print(f"kmatrix: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os._exit(main())

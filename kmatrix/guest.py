@@ -1,0 +1,230 @@
+"""A booted cell: artefacts resolved, image packed, QEMU launched, agent answering.
+
+This is where the pipeline meets: Cell -> KernelArtifact + initramfs -> argv -> Machine ->
+GuestSession. It classifies boot problems: a kernel that does not reach userspace is a
+BootFailure (the kernel's fault); QEMU or host trouble is an InfraError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kmatrix import accel as accel_mod
+from kmatrix.errors import GuestDied, GuestError, GuestTimeout, KmatrixError, VMError
+from kmatrix.image import ModuleIndex, base_modules, build_image, channel_for
+from kmatrix.kernel import KernelArtifact, resolve
+from kmatrix.machine import Machine, private_rundir
+from kmatrix.matrix import Cell
+from kmatrix.qemu_argv import BootPaths, build_argv
+from kmatrix.session import GuestSession
+
+CONSOLE_TAIL_LINES = 60
+
+
+class BootFailure(KmatrixError):
+    """The kernel did not reach userspace (panic, hang, reset): a kernel failure."""
+
+
+def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.replace("\r", "").splitlines()[-lines:])
+
+
+@dataclass
+class BootRecord:
+    accel: str = ""
+    accel_reason: str = ""
+    channel: str = ""
+    boot_seconds: float | None = None  # host wall time from `cont` to the agent's hello
+    userspace_uptime: float | None = None  # guest uptime when init reached userspace
+    launches: int = 0
+    poweroff_clean: bool | None = None
+    poweroff_seconds: float | None = None
+    shutdown_steps: list[str] = field(default_factory=list)
+    tcg_missing: list[str] = field(default_factory=list)
+    exitcode: int | None = None
+
+
+class Guest:
+    def __init__(
+        self,
+        cell: Cell,
+        outdir: Path,
+        accel: str | None = None,
+        direct_boot: bool = True,
+    ) -> None:
+        self.cell = cell
+        self.outdir = outdir
+        self.requested_accel = accel or cell.accel
+        self.direct_boot = direct_boot
+        self.kernel: KernelArtifact | None = None
+        self.modules: ModuleIndex | None = None
+        self.initrd: Path | None = None
+        self.machine: Machine | None = None
+        self.session: GuestSession | None = None
+        self.record = BootRecord()
+        self._transcript: IO[str] | None = None
+        self.console_log = outdir / "console.log"
+
+    # --- preparing ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Resolves the kernel and packs the image; raises InputError/InfraError, boots nothing."""
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.kernel = resolve(self.cell.kernel, direct_boot=self.direct_boot)
+        self.modules = ModuleIndex.load(self.kernel.modules_dir)
+        self.record.channel = channel_for(self.kernel, self.modules)
+        wanted = base_modules(self.record.channel) + self.cell.device.modules
+        self.initrd = build_image(self.kernel, wanted)
+
+    def _argv(self, accel: str, rundir: Path, console: Path, shell: bool = False) -> list[str]:
+        assert self.kernel is not None and self.initrd is not None
+        paths = BootPaths(
+            kernel=self.kernel.boot_image,
+            initrd=self.initrd,
+            console_log=console,
+            qmp_socket=rundir / "qmp.sock",
+            agent_socket=rundir / "agent.sock",
+        )
+        return build_argv(self.cell, paths, accel, self.record.channel, shell=shell)
+
+    def _probe_kvm(self) -> str | None:
+        """Boots this cell under KVM with a short deadline; None if the agent answered."""
+        probe = Guest(self.cell, self.outdir / "kvm-probe", accel="kvm", direct_boot=False)
+        probe.kernel, probe.modules, probe.initrd = self.kernel, self.modules, self.initrd
+        probe.record.channel = self.record.channel
+        try:
+            probe._boot("kvm", accel_mod.PROBE_TIMEOUT)
+            return None
+        except (KmatrixError, OSError) as e:
+            return str(e).splitlines()[0]
+        finally:
+            probe.stop(collect=False)
+
+    # --- booting ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Boots the cell; BootFailure if the kernel never reaches userspace."""
+        if self.kernel is None:
+            self.prepare()
+        choice = accel_mod.choose(self.requested_accel, self._probe_kvm)
+        self.record.accel, self.record.accel_reason = choice.accel, choice.reason
+        self._boot(choice.accel, self.cell.boot_timeout)
+
+    def _boot(self, accel: str, timeout: float) -> None:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        rundir = private_rundir()
+        self.record.launches += 1
+        if self.record.launches > 1:  # a later boot of the cell must not truncate the first's log
+            self.console_log = self.outdir / f"console-{self.record.launches}.log"
+        machine = Machine(
+            self._argv(accel, rundir, self.console_log),
+            rundir,
+            self.outdir / "qemu.log",
+            self.cell.id,
+        )
+        self.machine = machine
+        machine.launch()
+        self.record.tcg_missing = machine.tcg_missing_features()
+        t0 = time.monotonic()
+        self._transcript = (self.outdir / "commands.log").open("a", encoding="utf-8")
+        try:
+            self.session = GuestSession.connect(
+                rundir / "agent.sock", 10.0, machine.is_running, self.cell.id, self._transcript
+            )
+            self.record.userspace_uptime = self.session.wait_ready(timeout)
+        except GuestDied as e:
+            code = machine.wait_exit(5.0)
+            raise BootFailure(
+                f"{self.cell.id}: the kernel did not reach userspace; QEMU exited "
+                f"with code {code}:\n{console_tail(self.console_log)}"
+            ) from e
+        except GuestTimeout as e:
+            raise BootFailure(
+                f"{self.cell.id}: no answer from userspace within {timeout:g}s:\n"
+                f"{console_tail(self.console_log)}"
+            ) from e
+        self.record.boot_seconds = time.monotonic() - t0
+
+    def shell(self) -> int:
+        """Boots the cell with the developer's terminal as its console; returns QEMU's exit code."""
+        if self.kernel is None:
+            self.prepare()
+        choice = accel_mod.choose(self.requested_accel, self._probe_kvm)
+        self.record.accel, self.record.accel_reason = choice.accel, choice.reason
+        rundir = private_rundir()
+        machine = Machine(
+            self._argv(choice.accel, rundir, self.console_log, shell=True),
+            rundir,
+            self.outdir / "qemu.log",
+            self.cell.id,
+        )
+        self.machine = machine
+        machine.launch(interactive=True)
+        try:
+            code = machine.proc.wait() if machine.proc is not None else 1
+        finally:
+            machine.shutdown()
+        return code
+
+    # --- using ------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.session is not None
+            and not self.session.closed
+            and self.machine is not None
+            and self.machine.is_running()
+        )
+
+    def qmp(self, command: str, timeout: float = 10.0, **args: Any) -> Any:
+        if self.machine is None or self.machine.qmp is None:
+            raise VMError(f"{self.cell.id}: the VM is not running")
+        return self.machine.qmp.cmd(command, timeout=timeout, **args)
+
+    def poweroff(self, timeout: float = 30.0) -> bool:
+        """Asks the guest to power off and waits for QEMU to exit by itself."""
+        if self.session is None or self.machine is None:
+            return False
+        t0 = time.monotonic()
+        try:
+            self.session.poweroff(timeout=min(10.0, timeout))
+        except GuestError:
+            self.record.poweroff_clean = False
+            return False
+        code = self.machine.wait_exit(timeout)
+        self.record.poweroff_seconds = time.monotonic() - t0
+        self.record.poweroff_clean = code == 0
+        self.record.exitcode = code
+        return bool(self.record.poweroff_clean)
+
+    def stop(self, collect: bool = True) -> None:
+        """Saves the kernel log if the guest still answers, then ends QEMU whatever state."""
+        try:
+            if collect and self.alive and self.session is not None:
+                with contextlib.suppress(KmatrixError, OSError):
+                    dmesg = self.session.run("dmesg", timeout=20).stdout
+                    (self.outdir / "dmesg.log").write_text(dmesg)
+        finally:
+            if self.session is not None:
+                self.session.close()
+            if self.machine is not None:
+                self.machine.shutdown()
+                self.record.shutdown_steps += self.machine.shutdown_steps
+                if self.record.exitcode is None:
+                    self.record.exitcode = self.machine.exitcode
+            if self._transcript is not None:
+                self._transcript.close()
+                self._transcript = None

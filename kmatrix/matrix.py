@@ -1,0 +1,631 @@
+"""Matrix files: load, validate (every error names file, line and key), expand into cells.
+
+A matrix is kernels x CPU models x device profiles, filtered by include/exclude rules.
+Validation walks the YAML node tree rather than the loaded data so that each error can
+point at the line of the offending key; nothing here touches QEMU.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kmatrix.errors import MatrixError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+ACCELS = ("auto", "kvm", "tcg")
+MACHINES = ("q35", "pc")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Where a kernel comes from. Exactly one of deb, image, tree is set."""
+
+    name: str
+    source: str  # "deb" | "image" | "tree"
+    location: str  # package name, or absolute path
+    modules: Path | None = None
+    config: Path | None = None
+    release: str | None = None  # declared; checked against the image header
+    kernel_args: tuple[str, ...] = ()
+    origin: str = ""  # "file:line" for error messages
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    name: str
+    model: str  # QEMU -cpu value
+    flags: tuple[str, ...] = ()  # /proc/cpuinfo flags that define this model
+    absent: tuple[str, ...] = ()  # flags this model must not show
+    smp: int | None = None
+
+
+@dataclass(frozen=True)
+class QemuDevice:
+    driver: str
+    id: str | None = None
+    props: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class QemuObject:
+    qom_type: str
+    id: str
+    props: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PciExpect:
+    vendor: str  # 4 lower-case hex digits
+    device: str
+    driver: str | None = None  # expected bound driver, None: any or none
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    machine: str = "q35"
+    description: str = ""
+    machine_props: tuple[tuple[str, str], ...] = ()
+    devices: tuple[QemuDevice, ...] = ()
+    objects: tuple[QemuObject, ...] = ()
+    globals: tuple[str, ...] = ()
+    kernel_args: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    expect_pci: tuple[PciExpect, ...] = ()
+    memory: int | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One kernel on one CPU model with one device profile: one VM, one boot."""
+
+    kernel: KernelSpec
+    cpu: CpuSpec
+    device: DeviceProfile
+    memory: int
+    smp: int
+    boot_timeout: float
+    test_timeout: float
+    accel: str
+    kernel_args: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.kernel.name}/{self.cpu.name}/{self.device.name}"
+
+    @property
+    def slug(self) -> str:
+        """The id as one path component (log and run directory names)."""
+        return self.id.replace("/", "__")
+
+
+@dataclass(frozen=True)
+class Rule:
+    kernel: str = "*"
+    cpu: str = "*"
+    device: str = "*"
+
+    def matches(self, kernel: str, cpu: str, device: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(kernel, self.kernel)
+            and fnmatch.fnmatchcase(cpu, self.cpu)
+            and fnmatch.fnmatchcase(device, self.device)
+        )
+
+
+@dataclass(frozen=True)
+class Defaults:
+    memory: int = 1024
+    smp: int = 2
+    boot_timeout: float = 120.0
+    test_timeout: float = 60.0
+    accel: str = "auto"
+    kernel_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    name: str
+    defaults: Defaults
+    kernels: tuple[KernelSpec, ...]
+    cpus: tuple[CpuSpec, ...]
+    devices: tuple[DeviceProfile, ...]
+    include: tuple[Rule, ...] = ()
+    exclude: tuple[Rule, ...] = ()
+    description: str = ""
+    cells: tuple[Cell, ...] = field(default=(), compare=False)
+
+    def cell(self, cell_id: str) -> Cell:
+        for c in self.cells:
+            if c.id == cell_id:
+                return c
+        known = ", ".join(c.id for c in self.cells)
+        raise MatrixError(self.path, None, None, f"no cell {cell_id!r}; cells are: {known}")
+
+
+# --- node helpers -------------------------------------------------------------------------
+
+_constructor = yaml.constructor.SafeConstructor()
+
+
+class _Ctx:
+    """Carries the file path so every check can name it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def err(self, node: yaml.Node | None, key: str | None, msg: str) -> MatrixError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return MatrixError(self.path, line, key, msg)
+
+    def mapping(
+        self,
+        node: yaml.Node,
+        key: str,
+        allowed: Iterable[str],
+        required: Iterable[str] = (),
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Checks a mapping's keys; returns key -> (key node, value node)."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.err(node, key, f"expected a mapping, got {_kind(node)}")
+        allowed_set = set(allowed)
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise self.err(knode, key, "keys must be plain strings")
+            k = str(knode.value)
+            full = f"{key}.{k}" if key else k
+            if k in out:
+                raise self.err(knode, full, "duplicate key")
+            if k not in allowed_set:
+                valid = ", ".join(sorted(allowed_set))
+                raise self.err(knode, full, f"unknown key (valid keys: {valid})")
+            out[k] = (knode, vnode)
+        for r in required:
+            if r not in out:
+                raise self.err(node, f"{key}.{r}" if key else r, "required key is missing")
+        return out
+
+    def value(self, node: yaml.Node) -> Any:
+        return _constructor.construct_object(node, deep=True)
+
+    def string(self, node: yaml.Node, key: str, pattern: re.Pattern[str] | None = None) -> str:
+        v = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(v, str) or not v:
+            raise self.err(node, key, f"expected a non-empty string, got {_describe(self, node)}")
+        if pattern is not None and not pattern.match(v):
+            raise self.err(node, key, f"{v!r} does not match {pattern.pattern}")
+        return v
+
+    def choice(self, node: yaml.Node, key: str, choices: Iterable[str]) -> str:
+        v = self.string(node, key)
+        options = tuple(choices)
+        if v not in options:
+            raise self.err(node, key, f"{v!r} is not one of {', '.join(options)}")
+        return v
+
+    def number(self, node: yaml.Node, key: str, lo: float, hi: float, integer: bool) -> float:
+        v = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        ok_types: tuple[type, ...] = (int,) if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, ok_types):
+            want = "an integer" if integer else "a number"
+            raise self.err(node, key, f"expected {want}, got {_describe(self, node)}")
+        assert isinstance(v, int | float)
+        if not lo <= v <= hi:
+            raise self.err(node, key, f"{v} is out of range [{lo:g}, {hi:g}]")
+        return float(v)
+
+    def strings(self, node: yaml.Node, key: str) -> tuple[str, ...]:
+        """A list of strings; a single string is accepted as a one-item list."""
+        if isinstance(node, yaml.ScalarNode):
+            return (self.string(node, key),)
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.err(node, key, f"expected a list of strings, got {_kind(node)}")
+        return tuple(self.string(item, f"{key}[{i}]") for i, item in enumerate(node.value))
+
+    def args(self, node: yaml.Node, key: str) -> tuple[str, ...]:
+        """Kernel arguments: a string (split on whitespace) or a list."""
+        return tuple(a for s in self.strings(node, key) for a in s.split())
+
+    def props(self, node: yaml.Node, key: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.err(node, key, f"expected a mapping, got {_kind(node)}")
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            k = str(knode.value)
+            if k in seen:
+                raise self.err(knode, f"{key}.{k}", "duplicate key")
+            seen.add(k)
+            v = self.value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+            if v is None or isinstance(v, list | dict):
+                raise self.err(vnode, f"{key}.{k}", "expected a scalar value")
+            if isinstance(v, bool):
+                v = "on" if v else "off"
+            out.append((k, str(v)))
+        return tuple(out)
+
+    def seq(self, node: yaml.Node, key: str, nonempty: bool = False) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.err(node, key, f"expected a list, got {_kind(node)}")
+        if nonempty and not node.value:
+            raise self.err(node, key, "must not be empty")
+        return list(node.value)
+
+    def file(self, node: yaml.Node, key: str, must_exist: bool = True) -> Path:
+        raw = self.string(node, key)
+        p = Path(raw).expanduser()
+        if not p.is_absolute():
+            p = (self.path.parent / p).resolve()
+        if must_exist and not p.exists():
+            raise self.err(node, key, f"file not found: {p}")
+        return p
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return "a scalar"
+
+
+def _describe(ctx: _Ctx, node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        return _kind(node)
+    v = ctx.value(node)
+    return f"{type(v).__name__} {v!r}"
+
+
+def _compose(path: Path) -> yaml.Node:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MatrixError(path, None, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MatrixError(path, None, None, f"cannot read: {e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise MatrixError(path, line, None, f"YAML syntax error: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise MatrixError(path, None, None, f"YAML error: {e}") from None
+    if node is None:
+        raise MatrixError(path, None, None, "file is empty")
+    return node
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _unique(ctx: _Ctx, seen: dict[str, int], name: str, node: yaml.Node, key: str) -> None:
+    if name in seen:
+        raise ctx.err(node, key, f"duplicate name {name!r} (first defined on line {seen[name]})")
+    seen[name] = node.start_mark.line + 1
+
+
+def _kernel(ctx: _Ctx, node: yaml.Node, key: str) -> KernelSpec:
+    m = ctx.mapping(
+        node,
+        key,
+        ("name", "deb", "image", "tree", "modules", "config", "release", "kernel_args"),
+        ("name",),
+    )
+    name = ctx.string(m["name"][1], f"{key}.name", NAME_RE)
+    sources = [s for s in ("deb", "image", "tree") if s in m]
+    if len(sources) != 1:
+        raise ctx.err(node, key, f"kernel {name!r} needs exactly one of deb, image, tree")
+    source = sources[0]
+    vnode = m[source][1]
+    skey = f"{key}.{source}"
+    if source == "deb":
+        raw = ctx.string(vnode, skey)
+        if raw.endswith(".deb") or "/" in raw:
+            location = str(ctx.file(vnode, skey))
+        elif DEB_NAME_RE.match(raw):
+            location = raw
+        else:
+            raise ctx.err(vnode, skey, f"{raw!r} is neither a .deb file nor a package name")
+    elif source == "image":
+        p = ctx.file(vnode, skey)
+        if not p.is_file():
+            raise ctx.err(vnode, skey, f"not a file: {p}")
+        location = str(p)
+    else:
+        p = ctx.file(vnode, skey)
+        if not (p / "arch/x86/boot/bzImage").is_file():
+            raise ctx.err(vnode, skey, f"no arch/x86/boot/bzImage in build tree {p}")
+        location = str(p)
+    modules = ctx.file(m["modules"][1], f"{key}.modules") if "modules" in m else None
+    config = ctx.file(m["config"][1], f"{key}.config") if "config" in m else None
+    release = ctx.string(m["release"][1], f"{key}.release") if "release" in m else None
+    kargs = ctx.args(m["kernel_args"][1], f"{key}.kernel_args") if "kernel_args" in m else ()
+    return KernelSpec(
+        name=name,
+        source=source,
+        location=location,
+        modules=modules,
+        config=config,
+        release=release,
+        kernel_args=kargs,
+        origin=f"{ctx.path}:{node.start_mark.line + 1}",
+    )
+
+
+def _cpu(ctx: _Ctx, node: yaml.Node, key: str) -> CpuSpec:
+    if isinstance(node, yaml.ScalarNode):
+        name = ctx.string(node, key, NAME_RE)
+        return CpuSpec(name=name, model=name)
+    m = ctx.mapping(node, key, ("name", "model", "flags", "absent", "smp"), ("name",))
+    name = ctx.string(m["name"][1], f"{key}.name", NAME_RE)
+    model = ctx.string(m["model"][1], f"{key}.model") if "model" in m else name
+    flags = ctx.strings(m["flags"][1], f"{key}.flags") if "flags" in m else ()
+    absent = ctx.strings(m["absent"][1], f"{key}.absent") if "absent" in m else ()
+    smp = int(ctx.number(m["smp"][1], f"{key}.smp", 1, 64, True)) if "smp" in m else None
+    both = set(flags) & set(absent)
+    if both:
+        raise ctx.err(node, key, f"flags both required and absent: {', '.join(sorted(both))}")
+    return CpuSpec(name=name, model=model, flags=flags, absent=absent, smp=smp)
+
+
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+
+
+def _hex4(ctx: _Ctx, node: yaml.Node, key: str) -> str:
+    v = ctx.value(node) if isinstance(node, yaml.ScalarNode) else None
+    # YAML reads 0x1af4 as an int; accept both forms.
+    s = f"{v:04x}" if isinstance(v, int) and not isinstance(v, bool) else str(v).lower()
+    s = s.removeprefix("0x")
+    if not _HEX4.match(s):
+        raise ctx.err(node, key, f"expected a 4-digit hex PCI id, got {v!r}")
+    return s
+
+
+def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
+    key = where
+    pre = f"{where}." if where else ""
+    m = ctx.mapping(
+        node,
+        key,
+        (
+            "name",
+            "description",
+            "machine",
+            "machine_props",
+            "devices",
+            "objects",
+            "globals",
+            "kernel_args",
+            "modules",
+            "expect_pci",
+            "memory",
+        ),
+        ("name",),
+    )
+    name = ctx.string(m["name"][1], f"{pre}name", NAME_RE)
+    devices: list[QemuDevice] = []
+    ids: dict[str, int] = {}
+    for i, dnode in enumerate(ctx.seq(m["devices"][1], f"{pre}devices") if "devices" in m else []):
+        dkey = f"{pre}devices[{i}]"
+        dm = ctx.mapping(dnode, dkey, ("driver", "id", "props"), ("driver",))
+        did = ctx.string(dm["id"][1], f"{dkey}.id", NAME_RE) if "id" in dm else None
+        if did is not None:
+            _unique(ctx, ids, did, dm["id"][1], f"{dkey}.id")
+        devices.append(
+            QemuDevice(
+                driver=ctx.string(dm["driver"][1], f"{dkey}.driver", NAME_RE),
+                id=did,
+                props=ctx.props(dm["props"][1], f"{dkey}.props") if "props" in dm else (),
+            )
+        )
+    objects: list[QemuObject] = []
+    for i, onode in enumerate(ctx.seq(m["objects"][1], f"{pre}objects") if "objects" in m else []):
+        okey = f"{pre}objects[{i}]"
+        om = ctx.mapping(onode, okey, ("type", "id", "props"), ("type", "id"))
+        oid = ctx.string(om["id"][1], f"{okey}.id", NAME_RE)
+        _unique(ctx, ids, oid, om["id"][1], f"{okey}.id")
+        objects.append(
+            QemuObject(
+                qom_type=ctx.string(om["type"][1], f"{okey}.type", NAME_RE),
+                id=oid,
+                props=ctx.props(om["props"][1], f"{okey}.props") if "props" in om else (),
+            )
+        )
+    expect: list[PciExpect] = []
+    for i, enode in enumerate(
+        ctx.seq(m["expect_pci"][1], f"{pre}expect_pci") if "expect_pci" in m else []
+    ):
+        ekey = f"{pre}expect_pci[{i}]"
+        em = ctx.mapping(enode, ekey, ("vendor", "device", "driver"), ("vendor", "device"))
+        expect.append(
+            PciExpect(
+                vendor=_hex4(ctx, em["vendor"][1], f"{ekey}.vendor"),
+                device=_hex4(ctx, em["device"][1], f"{ekey}.device"),
+                driver=ctx.string(em["driver"][1], f"{ekey}.driver") if "driver" in em else None,
+            )
+        )
+    return DeviceProfile(
+        name=name,
+        description=ctx.string(m["description"][1], f"{pre}description")
+        if "description" in m
+        else "",
+        machine=ctx.choice(m["machine"][1], f"{pre}machine", MACHINES) if "machine" in m else "q35",
+        machine_props=ctx.props(m["machine_props"][1], f"{pre}machine_props")
+        if "machine_props" in m
+        else (),
+        devices=tuple(devices),
+        objects=tuple(objects),
+        globals=ctx.strings(m["globals"][1], f"{pre}globals") if "globals" in m else (),
+        kernel_args=ctx.args(m["kernel_args"][1], f"{pre}kernel_args")
+        if "kernel_args" in m
+        else (),
+        modules=ctx.strings(m["modules"][1], f"{pre}modules") if "modules" in m else (),
+        expect_pci=tuple(expect),
+        memory=int(ctx.number(m["memory"][1], f"{pre}memory", 64, 1 << 20, True))
+        if "memory" in m
+        else None,
+        origin=f"{ctx.path}:{node.start_mark.line + 1}",
+    )
+
+
+def load_profile(path: Path) -> DeviceProfile:
+    """Loads one device-profile file (matrix/devices/NAME.yaml)."""
+    return _profile(_Ctx(path), _compose(path), "")
+
+
+def _device_ref(ctx: _Ctx, node: yaml.Node, key: str) -> DeviceProfile:
+    if isinstance(node, yaml.MappingNode):
+        return _profile(ctx, node, key)
+    raw = ctx.string(node, key)
+    if raw.endswith((".yaml", ".yml")) or "/" in raw:
+        # A path to a profile file, relative to this matrix file.
+        return load_profile(ctx.file(node, key))
+    name = ctx.string(node, key, NAME_RE)
+    pfile = ctx.path.parent / "devices" / f"{name}.yaml"
+    if not pfile.is_file():
+        known = sorted(p.stem for p in (ctx.path.parent / "devices").glob("*.yaml"))
+        raise ctx.err(
+            node, key, f"no device profile {name!r} ({pfile} not found; known: {', '.join(known)})"
+        )
+    profile = load_profile(pfile)
+    if profile.name != name:
+        raise MatrixError(pfile, None, "name", f"profile is named {profile.name!r}, not {name!r}")
+    return profile
+
+
+def _rule(ctx: _Ctx, node: yaml.Node, key: str, names: dict[str, set[str]]) -> Rule:
+    m = ctx.mapping(node, key, ("kernel", "cpu", "device"))
+    if not m:
+        raise ctx.err(node, key, "a rule needs at least one of kernel, cpu, device")
+    vals: dict[str, str] = {}
+    for axis, (_, vnode) in m.items():
+        pat = ctx.string(vnode, f"{key}.{axis}")
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names[axis]):
+            known = ", ".join(sorted(names[axis]))
+            raise ctx.err(vnode, f"{key}.{axis}", f"{pat!r} matches no {axis} (known: {known})")
+        vals[axis] = pat
+    return Rule(**vals)
+
+
+def _defaults(ctx: _Ctx, node: yaml.Node | None) -> Defaults:
+    if node is None:
+        return Defaults()
+    m = ctx.mapping(
+        node,
+        "defaults",
+        ("memory", "smp", "boot_timeout", "test_timeout", "accel", "kernel_args"),
+    )
+    d = Defaults()
+    get: dict[str, Callable[[yaml.Node, str], Any]] = {
+        "memory": lambda n, k: int(ctx.number(n, k, 64, 1 << 20, True)),
+        "smp": lambda n, k: int(ctx.number(n, k, 1, 64, True)),
+        "boot_timeout": lambda n, k: ctx.number(n, k, 1, 3600, False),
+        "test_timeout": lambda n, k: ctx.number(n, k, 1, 3600, False),
+        "accel": lambda n, k: ctx.choice(n, k, ACCELS),
+        "kernel_args": lambda n, k: ctx.args(n, k),
+    }
+    values = {k: get[k](v, f"defaults.{k}") for k, (_, v) in m.items()}
+    return Defaults(**{**d.__dict__, **values})
+
+
+def load_matrix(path: Path | str) -> Matrix:
+    """Loads and validates a matrix file and expands it into cells. Raises MatrixError."""
+    path = Path(path).resolve()
+    ctx = _Ctx(path)
+    root = _compose(path)
+    m = ctx.mapping(
+        root,
+        "",
+        ("name", "description", "defaults", "kernels", "cpus", "devices", "include", "exclude"),
+        ("kernels", "cpus", "devices"),
+    )
+    name = ctx.string(m["name"][1], "name", NAME_RE) if "name" in m else path.stem
+    defaults = _defaults(ctx, m["defaults"][1] if "defaults" in m else None)
+
+    seen: dict[str, int] = {}
+    kernels = []
+    for i, n in enumerate(ctx.seq(m["kernels"][1], "kernels", nonempty=True)):
+        k = _kernel(ctx, n, f"kernels[{i}]")
+        _unique(ctx, seen, k.name, n, f"kernels[{i}].name")
+        kernels.append(k)
+    seen = {}
+    cpus = []
+    for i, n in enumerate(ctx.seq(m["cpus"][1], "cpus", nonempty=True)):
+        c = _cpu(ctx, n, f"cpus[{i}]")
+        _unique(ctx, seen, c.name, n, f"cpus[{i}].name")
+        cpus.append(c)
+    seen = {}
+    devices = []
+    for i, n in enumerate(ctx.seq(m["devices"][1], "devices", nonempty=True)):
+        d = _device_ref(ctx, n, f"devices[{i}]")
+        _unique(ctx, seen, d.name, n, f"devices[{i}]")
+        devices.append(d)
+
+    names = {
+        "kernel": {k.name for k in kernels},
+        "cpu": {c.name for c in cpus},
+        "device": {d.name for d in devices},
+    }
+    rules: dict[str, tuple[Rule, ...]] = {}
+    for section in ("include", "exclude"):
+        if section in m:
+            nodes = ctx.seq(m[section][1], section)
+            rules[section] = tuple(
+                _rule(ctx, n, f"{section}[{i}]", names) for i, n in enumerate(nodes)
+            )
+    mat = Matrix(
+        path=path,
+        name=name,
+        description=ctx.string(m["description"][1], "description") if "description" in m else "",
+        defaults=defaults,
+        kernels=tuple(kernels),
+        cpus=tuple(cpus),
+        devices=tuple(devices),
+        include=rules.get("include", ()),
+        exclude=rules.get("exclude", ()),
+    )
+    cells = expand(mat)
+    if not cells:
+        raise MatrixError(path, None, "include/exclude", "the rules leave no cell to run")
+    return Matrix(**{**mat.__dict__, "cells": cells})
+
+
+def expand(mat: Matrix) -> tuple[Cell, ...]:
+    """kernels x cpus x devices, kept by include (if any) and dropped by exclude, in file order."""
+    d = mat.defaults
+    out = []
+    for k in mat.kernels:
+        for c in mat.cpus:
+            for dev in mat.devices:
+                if mat.include and not any(
+                    r.matches(k.name, c.name, dev.name) for r in mat.include
+                ):
+                    continue
+                if any(r.matches(k.name, c.name, dev.name) for r in mat.exclude):
+                    continue
+                out.append(
+                    Cell(
+                        kernel=k,
+                        cpu=c,
+                        device=dev,
+                        memory=dev.memory or d.memory,
+                        smp=c.smp or d.smp,
+                        boot_timeout=d.boot_timeout,
+                        test_timeout=d.test_timeout,
+                        accel=d.accel,
+                        kernel_args=d.kernel_args + k.kernel_args + dev.kernel_args,
+                    )
+                )
+    return tuple(out)

@@ -1,0 +1,369 @@
+"""The pytest plugin: one test per (cell, testcase), one boot per cell.
+
+Tests that take the `cell` fixture (directly or through `guest`, `booted`, `qmp`, `kernel`)
+are parametrized over the matrix's cells, with the cell id as the parameter id, so
+`-k Haswell` or `-k "6.12 and boot"` select what users expect. Items are ordered cell by
+cell; a cell boots when its first test sets up and powers off after its last one. Under
+xdist, a scheduler keeps every test of a cell on one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+from collections.abc import Callable, Generator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmatrix import __version__
+from kmatrix.accel import qemu_version
+from kmatrix.errors import InputError, KmatrixError, MatrixError
+from kmatrix.guest import BootFailure, Guest, console_tail
+from kmatrix.kernel import KernelArtifact
+from kmatrix.machine import kill_all
+from kmatrix.matrix import Cell, Matrix, load_matrix
+from kmatrix.session import GuestSession
+
+MATRIX_KEY = pytest.StashKey[Matrix | None]()
+POOL_KEY = pytest.StashKey["CellPool"]()
+SUITE_MARKERS = {
+    "boot": "boot smoke tests: userspace, release, CPUs, CPU flags, clean kernel log, poweroff",
+    "sched": "scheduler suite",
+    "memory": "memory-management suite",
+    "driver": "driver and device suite",
+}
+
+
+# --- options and configuration --------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("kmatrix", "kmatrix: kernels x CPU models x device profiles in QEMU")
+    g.addoption(
+        "--kmatrix-matrix", metavar="PATH", help="matrix file (default: matrix/default.yaml)"
+    )
+    g.addoption(
+        "--kmatrix-accel",
+        choices=("auto", "kvm", "tcg"),
+        help="override the matrix's accelerator (auto: KVM only after a probe boot works)",
+    )
+    g.addoption(
+        "--kmatrix-reports", metavar="DIR", default="reports", help="output directory (reports)"
+    )
+    g.addoption(
+        "--kmatrix-no-direct-boot",
+        action="store_true",
+        help="boot the bzImage as given instead of its extracted PVH vmlinux",
+    )
+    parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
+
+
+def _matrix_path(config: pytest.Config) -> Path | None:
+    opt = config.getoption("kmatrix_matrix")
+    if opt:
+        return Path(opt)
+    ini = config.getini("kmatrix_matrix")
+    if ini:
+        return config.rootpath / str(ini)
+    default = config.rootpath / "matrix" / "default.yaml"
+    return default if default.is_file() else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in SUITE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    config.addinivalue_line("markers", "kmatrix_final: run last within its cell (e.g. poweroff)")
+    path = _matrix_path(config)
+    try:
+        matrix = load_matrix(path) if path is not None else None
+    except MatrixError as e:
+        raise pytest.UsageError(f"kmatrix: {e}") from None
+    config.stash[MATRIX_KEY] = matrix
+    reports = Path(config.getoption("kmatrix_reports"))
+    if not reports.is_absolute():
+        reports = Path(config.invocation_params.dir) / reports
+    config.stash[POOL_KEY] = CellPool(
+        reports,
+        accel=config.getoption("kmatrix_accel"),
+        direct_boot=not config.getoption("kmatrix_no_direct_boot"),
+    )
+    # A cell's tests share one VM, so xdist must hand out whole cells (see the scheduler below).
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "") in (
+        "load",
+        "no",
+    ):
+        config.option.dist = "loadscope"
+    if not hasattr(config, "workerinput"):
+        _install_signal_handlers()
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown and reports still run."""
+
+    def on_term(signum: int, frame: object) -> None:
+        kill_all()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    m = config.stash.get(MATRIX_KEY, None)
+    if m is None:
+        return ["kmatrix: no matrix"]
+    return [f"kmatrix {__version__}: matrix {m.path} ({len(m.cells)} cells), QEMU {qemu_version()}"]
+
+
+# --- parametrization and ordering -----------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cell" not in metafunc.fixturenames:
+        return
+    matrix = metafunc.config.stash.get(MATRIX_KEY, None)
+    if matrix is None:
+        raise pytest.UsageError(
+            "kmatrix: no matrix (pass --kmatrix-matrix PATH or create matrix/default.yaml)"
+        )
+    metafunc.parametrize("cell", matrix.cells, ids=[c.id for c in matrix.cells])
+
+
+def cell_of(item: pytest.Item) -> Cell | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    c = callspec.params.get("cell")
+    return c if isinstance(c, Cell) else None
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    matrix = config.stash.get(MATRIX_KEY, None)
+    if matrix is None:
+        return
+    order = {c.id: i for i, c in enumerate(matrix.cells)}
+    position = {id(it): i for i, it in enumerate(items)}
+
+    def key(it: pytest.Item) -> tuple[int, int, int]:
+        c = cell_of(it)
+        final = 1 if it.get_closest_marker("kmatrix_final") else 0
+        return (order[c.id] if c else -1, final, position[id(it)])
+
+    items.sort(key=key)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getoption("dist") != "loadscope" or config.stash.get(MATRIX_KEY, None) is None:
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    ids = sorted((c.id for c in config.stash[MATRIX_KEY].cells), key=len, reverse=True)  # type: ignore[union-attr]
+
+    class CellScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        """Whole cells to a worker: the scope of a test is its cell id."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            params = nodeid[nodeid.find("[") :] if "[" in nodeid else ""
+            for cid in ids:
+                if cid in params:
+                    return cid
+            return str(super()._split_scope(nodeid))
+
+    return CellScheduling(config, log)
+
+
+# --- the pool of booted cells ----------------------------------------------------------------
+
+
+class CellPool:
+    """Boots a cell on first use, keeps one VM per worker, stops a cell after its last test."""
+
+    def __init__(self, reports: Path, accel: str | None, direct_boot: bool) -> None:
+        self.reports = reports
+        self.accel = accel
+        self.direct_boot = direct_boot
+        self.guests: dict[str, Guest] = {}
+        self.failures: dict[str, BaseException] = {}  # cell id -> boot failure (kernel's fault)
+        self.deaths: dict[str, str] = {}  # cell id -> how its VM died mid-run
+
+    def outdir(self, cell: Cell) -> Path:
+        return self.reports / "cells" / cell.slug
+
+    def get(self, cell: Cell) -> Guest:
+        """The cell's running guest, booting it if needed. Infra errors propagate."""
+        g = self.guests.get(cell.id)
+        if g is not None and (cell.id in self.failures or g.alive):
+            return g
+        if g is not None and g.record.poweroff_clean is not None and cell.id not in self.deaths:
+            # Powered off on purpose by an earlier test; boot again for this one.
+            g.stop(collect=False)
+            g.start_again = True  # type: ignore[attr-defined]
+        elif g is not None:
+            return g
+        for other in list(self.guests):
+            if other != cell.id:
+                self.stop(other)
+        if g is None:
+            g = Guest(cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot)
+            self.guests[cell.id] = g
+            g.prepare()
+        try:
+            if g.kernel is not None and g.record.launches and g.record.accel:
+                g._boot(g.record.accel, cell.boot_timeout)
+            else:
+                g.start()
+        except BootFailure as e:
+            self.failures[cell.id] = e
+            g.stop(collect=False)
+        return g
+
+    def stop(self, cell_id: str) -> None:
+        g = self.guests.pop(cell_id, None)
+        if g is None:
+            return
+        g.stop()
+        with contextlib.suppress(OSError):
+            (g.outdir / "boot.json").write_text(json.dumps(asdict(g.record), indent=2) + "\n")
+
+    def stop_all(self) -> None:
+        for cid in list(self.guests):
+            self.stop(cid)
+
+
+def _pool(config: pytest.Config) -> CellPool:
+    return config.stash[POOL_KEY]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    cell = cell_of(item)
+    if cell is None:
+        return
+    pool = _pool(item.config)
+    g = pool.get(cell)
+    item.user_properties += [
+        ("kmatrix.cell", cell.id),
+        ("kmatrix.kernel", cell.kernel.name),
+        ("kmatrix.kernel_release", g.kernel.release if g.kernel else ""),
+        ("kmatrix.cpu_model", cell.cpu.model),
+        ("kmatrix.device_profile", cell.device.name),
+        ("kmatrix.qemu_version", qemu_version()),
+        ("kmatrix.accelerator", g.record.accel),
+        ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
+    ]
+    if cell.id in pool.deaths:
+        raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
+    cell = cell_of(pyfuncitem)
+    if cell is None:
+        return
+    failure = _pool(pyfuncitem.config).failures.get(cell.id)
+    if failure is not None:
+        # The kernel never reached userspace: every test of the cell fails (not errors).
+        pytest.fail(str(failure), pytrace=False)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    cell = cell_of(item)
+    if cell is None:
+        return
+    pool = _pool(item.config)
+    g = pool.guests.get(cell.id)
+    if (
+        g is not None
+        and cell.id not in pool.failures
+        and not g.alive
+        and g.record.poweroff_clean is None
+        and cell.id not in pool.deaths
+    ):
+        code = g.machine.exitcode if g.machine else None
+        pool.deaths[cell.id] = f"it ended during {item.nodeid} (QEMU exit code {code})"
+    nxt = cell_of(nextitem) if nextitem is not None else None
+    if nxt is None or nxt.id != cell.id:
+        pool.stop(cell.id)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    cell = cell_of(item)
+    if cell is not None and report.failed:
+        g = _pool(item.config).guests.get(cell.id)
+        log = g.console_log if g is not None else _pool(item.config).outdir(cell) / "console.log"
+        tail = console_tail(log, 40)
+        if tail.strip():
+            report.sections.append((f"kmatrix console tail ({cell.id})", tail))
+            report.longrepr = f"{report.longreprtext}\n\n--- console tail of {cell.id} ---\n{tail}"
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    pool = session.config.stash.get(POOL_KEY, None)
+    if pool is not None:
+        pool.stop_all()
+    kill_all()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    kill_all()
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def booted(request: pytest.FixtureRequest, cell: Cell) -> Guest:
+    """The cell's booted Guest: record (boot time, accelerator), kernel artefact, QMP."""
+    return _pool(request.config).get(cell)
+
+
+@pytest.fixture
+def guest(booted: Guest) -> GuestSession:
+    """The guest session: run(cmd), read_file(path), write_file(path, data), dmesg()."""
+    if booted.session is None or not booted.alive:
+        pytest.fail(f"{booted.cell.id}: the guest is not running", pytrace=False)
+    return booted.session
+
+
+@pytest.fixture
+def kernel(booted: Guest) -> KernelArtifact:
+    assert booted.kernel is not None
+    return booted.kernel
+
+
+@pytest.fixture
+def qmp(booted: Guest) -> Callable[..., Any]:
+    """qmp("query-status") runs a QMP command on the cell's VM, with a timeout."""
+    return booted.qmp
+
+
+@pytest.fixture(scope="session")
+def kmatrix_run_info() -> dict[str, str]:
+    return {
+        "kmatrix": __version__,
+        "qemu": qemu_version(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count()),
+    }
+
+
+def pytest_exception_interact(node: Any, call: Any, report: Any) -> None:
+    # An input error is the user's to fix: show its message, not a traceback into kmatrix.
+    if call.excinfo is not None and call.excinfo.errisinstance(InputError):
+        report.longrepr = f"kmatrix input error: {call.excinfo.value}"
