@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         f"--kmatrix-reports={reports}",
         f"--junitxml={reports / 'junit.xml'}",
         "-o",
-        "junit_family=xunit2",
+        "junit_family=xunit1",
         "-rfEs",
     ]
     if args.accel:

@@ -41,6 +41,11 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     return "\n".join(data.replace("\r", "").splitlines()[-lines:])
 
 
+def _tail_note(console: Path) -> str:
+    tail = console_tail(console)
+    return f"; console tail:\n{tail}" if tail.strip() else " (the console is empty)"
+
+
 @dataclass
 class BootRecord:
     accel: str = ""
@@ -148,12 +153,12 @@ class Guest:
             code = machine.wait_exit(5.0)
             raise BootFailure(
                 f"{self.cell.id}: the kernel did not reach userspace; QEMU exited "
-                f"with code {code}:\n{console_tail(self.console_log)}"
+                f"with code {code}" + _tail_note(self.console_log)
             ) from e
         except GuestTimeout as e:
             raise BootFailure(
-                f"{self.cell.id}: no answer from userspace within {timeout:g}s:\n"
-                f"{console_tail(self.console_log)}"
+                f"{self.cell.id}: no answer from userspace within {timeout:g}s"
+                + _tail_note(self.console_log)
             ) from e
         self.record.boot_seconds = time.monotonic() - t0
 
@@ -198,6 +203,7 @@ class Guest:
         """Asks the guest to power off and waits for QEMU to exit by itself."""
         if self.session is None or self.machine is None:
             return False
+        self.save_dmesg()
         t0 = time.monotonic()
         try:
             self.session.poweroff(timeout=min(10.0, timeout))
@@ -210,13 +216,18 @@ class Guest:
         self.record.exitcode = code
         return bool(self.record.poweroff_clean)
 
+    def save_dmesg(self) -> None:
+        """Keeps the whole kernel ring buffer (the console is quiet) beside the console log."""
+        if self.alive and self.session is not None:
+            with contextlib.suppress(KmatrixError, OSError):
+                dmesg = self.session.run("dmesg", timeout=20).stdout
+                (self.outdir / "dmesg.log").write_text(dmesg)
+
     def stop(self, collect: bool = True) -> None:
         """Saves the kernel log if the guest still answers, then ends QEMU whatever state."""
         try:
-            if collect and self.alive and self.session is not None:
-                with contextlib.suppress(KmatrixError, OSError):
-                    dmesg = self.session.run("dmesg", timeout=20).stdout
-                    (self.outdir / "dmesg.log").write_text(dmesg)
+            if collect:
+                self.save_dmesg()
         finally:
             if self.session is not None:
                 self.session.close()

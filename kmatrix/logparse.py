@@ -44,6 +44,8 @@ KINDS: tuple[str, ...] = (
 
 MAX_REPORT_LINES = 200
 _TITLE_MAX = 120
+# Header text beyond this cannot reach a capped title; bounding it keeps regexes cheap.
+_HEADER_MAX = 1000
 # Lines after a header that may be free-form text (WARN messages, "echo 0 > ..." hints,
 # bad-page dumps) before the report is expected to look like a register/stack dump.
 _PREAMBLE_LINES = 10
@@ -139,6 +141,7 @@ _NOT_HEADERS = re.compile(
 _HINT_RE = re.compile(r"BUG|WARNING|Oops|panic|INFO: |protection fault|opcode|UBSAN|LOCKUP")
 
 _CUT_HERE_RE = re.compile(r"^-+\[ cut here \]-+\s*$")
+_CUT_HERE_ANY_RE = re.compile(r"-+\[ cut here \]-+")
 _END_TRACE_RE = re.compile(r"^-+\[ end trace\b")
 _END_PANIC_RE = re.compile(r"^-+\[ end Kernel panic\b")
 _DELIM_RE = re.compile(r"^={20,}\s*$")
@@ -170,6 +173,10 @@ _CONTINUATION_RE = re.compile(
     r"|</?(?:TASK|IRQ|NMI|SOFTIRQ|EOI)>"
     r"|pc :|lr :|sp :|x\d+ *:|Internal error:|Mem abort info:|Data abort info:"
     r"|[A-Za-z_][\w.]*\+0x[0-9a-f]+/0x[0-9a-f]+)"
+)
+_DUMP_START_RE = re.compile(
+    r"^(?:CPU:|Call [Tt]race:|Modules linked in:|Hardware name:|RIP:|stack backtrace:"
+    r"|\s*<TASK>|task:)"
 )
 _TRACE_START_RE = re.compile(r"Call [Tt]race:|<TASK>|<IRQ>|stack backtrace:|Backtrace:")
 _FRAME_RE = re.compile(r"^\s*(\? )?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
@@ -271,7 +278,7 @@ def _lockdep_func(msgs: Sequence[str]) -> str | None:
 
 
 def _report_title(report: _Report) -> str:
-    base = normalise_title(report.header)
+    base = _title_from_msg(report.header)
     kind, msgs = report.kind, report.msgs
     func: str | None = None
     if kind == "hung_task":
@@ -335,8 +342,7 @@ def _generic_title(msg: str) -> str:
 
 
 def _warning_has_func(header: str) -> bool:
-    _, msg = _split(header)
-    return _WARN_FUNC_RE.search(_CUT_HERE_RE.sub("", msg).strip()) is not None
+    return _WARN_FUNC_RE.search(header[:_HEADER_MAX]) is not None
 
 
 def _clean_task(name: str) -> str:
@@ -347,9 +353,16 @@ def _clean_task(name: str) -> str:
 
 
 def normalise_title(raw: str) -> str:
-    """Normalise one report header line into a stable title (see the module docstring)."""
-    _, msg = _split(raw)
-    msg = msg.replace("------------[ cut here ]------------", "").strip()
+    """Normalise one report header line into a stable title (see the module docstring).
+
+    ``raw`` may still carry its timestamp.  Titles of findings can be more specific than
+    this, because ``parse_kernel_log`` also looks at the report body (e.g. the stack).
+    """
+    return _title_from_msg(_split(raw[:_HEADER_MAX])[1])
+
+
+def _title_from_msg(msg: str) -> str:
+    msg = _CUT_HERE_ANY_RE.sub("", msg[:_HEADER_MAX]).strip()
     kind = _classify(msg)
     title: str
     if kind == "warning":
@@ -386,6 +399,27 @@ def normalise_title(raw: str) -> str:
 
 
 # --- the scanner --------------------------------------------------------------------------
+
+
+def _dump_follows(lines: Sequence[str], index: int, require_timestamp: bool) -> bool:
+    """Whether a register/stack dump starts within the next few kernel lines.
+
+    Decides if a free-form line after a header (a UBSAN detail, a bad-page dump) belongs
+    to the report or the report was a lone line.  Bounded look-ahead keeps the scan linear.
+    """
+    seen = 0
+    for raw in lines[index + 1 : index + 1 + 4 * _PREAMBLE_LINES]:
+        ts, msg = _split(raw)
+        if ts is None and require_timestamp:
+            continue
+        if _DUMP_START_RE.match(msg):
+            return True
+        if _classify(msg) is not None or _CUT_HERE_RE.match(msg):
+            return False
+        seen += 1
+        if seen >= _PREAMBLE_LINES:
+            break
+    return False
 
 
 def _start_report(
@@ -496,7 +530,9 @@ def parse_kernel_log(
                     cur = None
                     continue
                 elif _CONTINUATION_RE.match(msg) or (
-                    not cur.in_trace and len(cur.msgs) < _PREAMBLE_LINES
+                    not cur.in_trace
+                    and len(cur.msgs) < _PREAMBLE_LINES
+                    and _dump_follows(lines, index, require_timestamp)
                 ):
                     cur.add(index, msg)
                     continue

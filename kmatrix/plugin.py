@@ -10,14 +10,13 @@ xdist, a scheduler keeps every test of a cell on one worker.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import signal
 from collections.abc import Callable, Generator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -26,8 +25,10 @@ from kmatrix.accel import qemu_version
 from kmatrix.errors import InputError, KmatrixError, MatrixError
 from kmatrix.guest import BootFailure, Guest, console_tail
 from kmatrix.kernel import KernelArtifact
+from kmatrix.logparse import parse_kernel_log
 from kmatrix.machine import kill_all
 from kmatrix.matrix import Cell, Matrix, load_matrix
+from kmatrix.results import ResultsCollector, write_json_atomic
 from kmatrix.session import GuestSession
 
 MATRIX_KEY = pytest.StashKey[Matrix | None]()
@@ -102,6 +103,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "loadscope"
     if not hasattr(config, "workerinput"):
         _install_signal_handlers()
+        if matrix is not None:
+            config.pluginmanager.register(
+                ResultsCollector(matrix, reports, list(config.invocation_params.args)),
+                "kmatrix-results",
+            )
 
 
 def _install_signal_handlers() -> None:
@@ -231,9 +237,30 @@ class CellPool:
         g = self.guests.pop(cell_id, None)
         if g is None:
             return
-        g.stop()
+        try:
+            g.stop()
+        finally:
+            self.record(g)
+
+    def record(self, g: Guest) -> None:
+        """Leaves the cell's boot record and kernel-log findings beside its logs."""
+        boot = asdict(g.record)
+        if g.kernel is not None:
+            boot.update(
+                release=g.kernel.release,
+                kernel_image=str(g.kernel.image),
+                boot_image=str(g.kernel.boot_image),
+                initrd=str(g.initrd),
+            )
+        findings = []
+        for name in ("dmesg.log", *sorted(p.name for p in g.outdir.glob("console*.log"))):
+            path = g.outdir / name
+            if path.is_file():
+                for f in parse_kernel_log(path.read_text(errors="replace")):
+                    findings.append({**asdict(f), "source": name})
         with contextlib.suppress(OSError):
-            (g.outdir / "boot.json").write_text(json.dumps(asdict(g.record), indent=2) + "\n")
+            write_json_atomic(g.outdir / "boot.json", boot)
+            write_json_atomic(g.outdir / "findings.json", findings)
 
     def stop_all(self) -> None:
         for cid in list(self.guests):
@@ -333,8 +360,11 @@ def booted(request: pytest.FixtureRequest, cell: Cell) -> Guest:
 
 
 @pytest.fixture
-def guest(booted: Guest) -> GuestSession:
+def guest(request: pytest.FixtureRequest, booted: Guest) -> GuestSession:
     """The guest session: run(cmd), read_file(path), write_file(path, data), dmesg()."""
+    if booted.cell.id in _pool(request.config).failures:
+        # Never used: pytest_pyfunc_call fails the test (a kernel failure, not a set-up error).
+        return cast(GuestSession, None)
     if booted.session is None or not booted.alive:
         pytest.fail(f"{booted.cell.id}: the guest is not running", pytrace=False)
     return booted.session

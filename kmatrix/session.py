@@ -89,7 +89,7 @@ class GuestSession:
         except pexpect.EOF:
             raise GuestDied(f"{self.name}: the VM went away before userspace answered") from None
         match = self._child.match
-        assert match is not None and not isinstance(match, type)
+        assert isinstance(match, re.Match)
         self.ready_uptime = float(match.group(1))
         return self.ready_uptime
 
@@ -116,7 +116,7 @@ class GuestSession:
             self.closed = True
             raise GuestDied(f"{self.name}: the VM went away while running {command!r}") from None
         match = self._child.match
-        assert match is not None and not isinstance(match, type)
+        assert isinstance(match, re.Match)
         status = int(match.group(1))
         before = self._child.before
         assert isinstance(before, bytes)

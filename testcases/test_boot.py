@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from kmatrix.logparse import findings_summary, parse_kernel_log
 
 from kmatrix.guest import Guest
+from kmatrix.logparse import findings_summary, parse_kernel_log
 from kmatrix.matrix import Cell
 from kmatrix.session import GuestSession
 

@@ -72,7 +72,7 @@ def test_include_and_exclude(tmp_path: Path) -> None:
 
 def test_unknown_cell_lists_known(tmp_path: Path) -> None:
     m = load_matrix(write(tmp_path, GOOD))
-    with pytest.raises(MatrixError, match="no cell 'nope'.*k1/Nehalem/plain"):
+    with pytest.raises(MatrixError, match=r"no cell 'nope'.*k1/Nehalem/plain"):
         m.cell("nope")
 
 

@@ -24,7 +24,7 @@ def run_pytest(
     argv = [
         sys.executable, "-m", "pytest", str(ROOT / tests), "-p", "kmatrix",
         f"--kmatrix-matrix={matrix}", f"--kmatrix-reports={reports}", f"--junitxml={junit}",
-        "-o", "junit_family=xunit2", "-p", "no:cacheprovider", "-rA", *args,
+        "-o", "junit_family=xunit1", "-p", "no:cacheprovider", "-rA", *args,
     ]  # fmt: skip
     p = subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ)
@@ -45,16 +45,16 @@ def outcomes(junit: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def serial_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[
-    subprocess.CompletedProcess[str], Path, Path
-]:
+def serial_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     return run_pytest(tmp_path_factory.mktemp("n0"), "-n", "0")
 
 
-def test_boot_suite_passes_on_two_cells(serial_run: tuple[
-    subprocess.CompletedProcess[str], Path, Path
-]) -> None:
-    p, reports, junit = serial_run
+def test_boot_suite_passes_on_two_cells(
+    serial_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    p, _, junit = serial_run
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     results = outcomes(junit)
     assert len(results) == 2 * 6, results
@@ -63,26 +63,30 @@ def test_boot_suite_passes_on_two_cells(serial_run: tuple[
     assert ids == {"deb-6.1-cloud/Nehalem/virtio]", "deb-6.12-cloud/Haswell/virtio]"}
 
 
-def test_each_cell_boots_once(serial_run: tuple[
-    subprocess.CompletedProcess[str], Path, Path
-]) -> None:
+def test_each_cell_boots_once(
+    serial_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
     _, reports, _ = serial_run
     for slug in ("deb-6.1-cloud__Nehalem__virtio", "deb-6.12-cloud__Haswell__virtio"):
         record = json.loads((reports / "cells" / slug / "boot.json").read_text())
         assert record["launches"] == 1, record
         assert record["poweroff_clean"] is True, record
         assert (reports / "cells" / slug / "console.log").is_file()
-        assert (reports / "cells" / slug / "dmesg.log").stat().st_size > 0 or True
+        assert "Linux version" in (reports / "cells" / slug / "dmesg.log").read_text()
 
 
-def test_junit_properties(serial_run: tuple[
-    subprocess.CompletedProcess[str], Path, Path
-]) -> None:
+def test_junit_properties(serial_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
     _, _, junit = serial_run
     tc = next(iter(ET.parse(junit).getroot().iter("testcase")))
     props = {p.get("name"): p.get("value") for p in tc.iter("property")}
-    for key in ("kmatrix.kernel_release", "kmatrix.cpu_model", "kmatrix.device_profile",
-                "kmatrix.qemu_version", "kmatrix.accelerator", "kmatrix.boot_seconds"):
+    for key in (
+        "kmatrix.kernel_release",
+        "kmatrix.cpu_model",
+        "kmatrix.device_profile",
+        "kmatrix.qemu_version",
+        "kmatrix.accelerator",
+        "kmatrix.boot_seconds",
+    ):
         assert props.get(key), (key, props)
     assert props["kmatrix.accelerator"] == "tcg"
     assert float(props["kmatrix.boot_seconds"] or 0) > 0
@@ -99,7 +103,7 @@ def test_xdist_same_outcomes(
 
 
 def test_k_selects_cells(tmp_path: Path) -> None:
-    p, _, junit = run_pytest(tmp_path, "-k", "Nehalem and release", "--collect-only", "-q")
+    p, _, _ = run_pytest(tmp_path, "-k", "Nehalem and release", "--collect-only", "-q")
     assert p.returncode == 0, p.stdout
     lines = [ln for ln in p.stdout.splitlines() if "::" in ln]
     assert lines == [
@@ -113,10 +117,11 @@ def test_k_selects_cells(tmp_path: Path) -> None:
 def test_malformed_matrix_is_one_error_and_no_vm(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(TWO.read_text().replace("  - {name: Nehalem", "  - {nmae: Nehalem"))
+    # The error must come before the device profile is even looked for.
     before = qemu_pids()
     p, reports, _ = run_pytest(tmp_path, matrix=bad)
     assert p.returncode == 4, p.stdout + p.stderr
-    assert f"{bad}:12: cpus[0].nmae: unknown key" in p.stderr
+    assert f"{bad}:10: cpus[0].nmae: unknown key" in p.stderr
     assert not (reports / "cells").exists()
     assert qemu_pids() == before
 
@@ -127,7 +132,8 @@ def test_unbootable_cell_fails_others_pass(tmp_path: Path) -> None:
         "deb: linux-image-6.1.0-57-cloud-amd64-unsigned",
         "deb: linux-image-6.1.0-57-cloud-amd64-unsigned\n    kernel_args: rdinit=/nonexistent",
     )
-    broken.write_text(text.replace("TWO", "broken"))
+    profile = ROOT / "matrix" / "devices" / "virtio.yaml"
+    broken.write_text(text.replace("../../../matrix/devices/virtio.yaml", str(profile)))
     p, _, junit = run_pytest(tmp_path, matrix=broken)
     assert p.returncode == 1
     res = outcomes(junit)

@@ -1,0 +1,224 @@
+"""Run results: one record per (cell, test), collected from pytest reports, written as JSON.
+
+Collection happens where reports arrive, which under xdist is the controller, so workers and
+controller never write the same file. Per-cell facts (boot record, kernel-log findings,
+artefact paths) are files the worker left in the cell's directory; they are read at the end.
+results.json is rewritten after every cell's last test, and written through a temporary
+name, so an interrupted run still leaves a whole, readable file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmatrix import __version__
+from kmatrix.accel import qemu_version
+from kmatrix.matrix import Cell, Matrix
+
+SCHEMA = "kmatrix-results/1"
+METRIC_PREFIX = "metric."
+
+
+@dataclass
+class TestRecord:
+    cell: str
+    test: str  # node id without the parameter part
+    nodeid: str
+    outcome: str  # passed | failed | error | skipped | xfailed | xpassed
+    duration: float = 0.0
+    message: str = ""
+    longrepr: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """The test's outcome from one phase report, or None if this phase adds nothing."""
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if xfail:
+            return "xpassed" if report.passed else "xfailed"
+        return str(report.outcome)
+    if report.failed:
+        return "error"
+    if report.skipped:
+        return "xfailed" if xfail else "skipped"
+    return None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class ResultsCollector:
+    """A pytest plugin object registered on the process that sees every report."""
+
+    def __init__(self, matrix: Matrix, reports: Path, args: list[str]) -> None:
+        self.matrix = matrix
+        self.reports = reports
+        self.records: dict[str, TestRecord] = {}
+        self.cells_by_id = {c.id: c for c in matrix.cells}
+        self.cells_seen: list[str] = []
+        self.started = _now()
+        self.t0 = dt.datetime.now(dt.UTC)
+        self.interrupted = False
+        self.exitstatus: int | None = None
+        self.run_id = str(uuid.uuid4())
+        self.args = args
+
+    # --- pytest hooks -----------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = {str(k): str(v) for k, v in report.user_properties}
+        cell_id = props.get("kmatrix.cell")
+        if cell_id is None:
+            return
+        outcome = outcome_of(report)
+        rec = self.records.get(report.nodeid)
+        if rec is None:
+            rec = TestRecord(
+                cell=cell_id, test=report.nodeid.split("[", 1)[0], nodeid=report.nodeid,
+                outcome="passed",
+            )  # fmt: skip
+            self.records[report.nodeid] = rec
+            if cell_id not in self.cells_seen:
+                self.cells_seen.append(cell_id)
+        rec.duration += report.duration
+        for k, v in props.items():
+            if k.startswith(METRIC_PREFIX):
+                with contextlib.suppress(ValueError):
+                    rec.metrics[k.removeprefix(METRIC_PREFIX)] = float(v)
+            else:
+                rec.properties[k] = v
+        if outcome is not None and (rec.outcome == "passed" or outcome == "error"):
+            # A teardown error after a pass still makes the test an error.
+            rec.outcome = outcome
+            if report.longrepr is not None:
+                rec.longrepr = report.longreprtext[-20000:]
+                crash = getattr(report.longrepr, "reprcrash", None)
+                if crash is not None:
+                    rec.message = str(crash.message)[:2000]
+                elif isinstance(report.longrepr, tuple):
+                    rec.message = str(report.longrepr[2])[:2000]
+                else:
+                    rec.message = (
+                        rec.longrepr.strip().splitlines()[0][:2000] if rec.longrepr else ""
+                    )
+        if report.when == "teardown":
+            self.write()
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.exitstatus = int(exitstatus)
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.interrupted = True
+        self.write()
+
+    # --- output -----------------------------------------------------------------------------
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.reports / "cells" / cell.slug
+
+    def cell_entry(self, cell_id: str) -> dict[str, Any]:
+        cell = self.cells_by_id[cell_id]
+        d = self.cell_dir(cell)
+        boot = read_json(d / "boot.json") or {}
+        findings = read_json(d / "findings.json") or []
+        outcomes = [r.outcome for r in self.records.values() if r.cell == cell_id]
+        artifacts = {
+            name: str((d / fname).relative_to(self.reports))
+            for name, fname in (
+                ("console", "console.log"),
+                ("dmesg", "dmesg.log"),
+                ("qemu_log", "qemu.log"),
+                ("commands", "commands.log"),
+            )
+            if (d / fname).is_file()
+        }
+        return {
+            "id": cell_id,
+            "kernel": cell.kernel.name,
+            "kernel_release": boot.get("release", ""),
+            "cpu": cell.cpu.name,
+            "cpu_model": cell.cpu.model,
+            "device": cell.device.name,
+            "smp": cell.smp,
+            "memory_mib": cell.memory,
+            "boot": boot,
+            "findings": findings,
+            "artifacts": artifacts,
+            "status": cell_status(outcomes),
+            "counts": {o: outcomes.count(o) for o in sorted(set(outcomes))},
+        }
+
+    def document(self) -> dict[str, Any]:
+        finished = dt.datetime.now(dt.UTC)
+        accels = sorted(
+            {r.properties.get("kmatrix.accelerator", "") for r in self.records.values()} - {""}
+        )
+        return {
+            "schema": SCHEMA,
+            "run": {
+                "id": self.run_id,
+                "started": self.started,
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration": round((finished - self.t0).total_seconds(), 3),
+                "interrupted": self.interrupted,
+                "exitstatus": self.exitstatus,
+                "matrix": str(self.matrix.path),
+                "matrix_name": self.matrix.name,
+                "kmatrix": __version__,
+                "qemu": qemu_version(),
+                "accelerators": accels,
+                "host": platform.node(),
+                "host_kernel": platform.release(),
+                "python": platform.python_version(),
+                "args": self.args,
+                "argv": sys.argv,
+            },
+            "cells": [self.cell_entry(c) for c in self.cells_seen],
+            "results": [asdict(r) for r in self.records.values()],
+        }
+
+    def write(self) -> None:
+        write_json_atomic(self.reports / "results.json", self.document())
+
+
+def cell_status(outcomes: list[str]) -> str:
+    """A cell's colour: fail beats error beats xpass beats pass/xfail; all skipped is skip."""
+    if not outcomes:
+        return "none"
+    for o, status in (("failed", "fail"), ("error", "error"), ("xpassed", "xpass")):
+        if o in outcomes:
+            return status
+    if all(o == "skipped" for o in outcomes):
+        return "skip"
+    return "pass"
