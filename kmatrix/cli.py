@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kmatrix import __version__
+from kmatrix import __version__, report_cli
 from kmatrix.errors import KmatrixError
 from kmatrix.hostsetup import ensure_host_packages
 from kmatrix.matrix import load_matrix
@@ -35,12 +35,22 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(
             f"{c.id:<{width}}  {k.source}:{k.location}  cpu={c.cpu.model} smp={c.smp} "
             f"mem={c.memory}M machine={c.device.machine}"
+            + (f"  expect={e.outcome}" if (e := c.expected("*")) else "")
         )
     return 0
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     load_matrix(args.matrix)  # fail fast, before pytest starts, on a bad matrix
+    if args.repeat > 1:
+        # Repeated runs, one directory each, give `kmatrix compare` samples for metric
+        # verdicts (a directory of run directories counts as that many runs).
+        rc = 0
+        for i in range(1, args.repeat + 1):
+            one = argparse.Namespace(**{**vars(args), "repeat": 1})
+            one.reports = str(Path(args.reports) / f"repeat-{i}")
+            rc = max(rc, cmd_run(one, extra))
+        return rc
     reports = Path(args.reports)
     reports.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -61,6 +71,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         argv.append(f"--kmatrix-accel={args.accel}")
     if args.workers:
         argv += ["-n", args.workers]
+    argv += [f"--kmatrix-baseline={b}" for b in args.baseline]
     argv += extra
     print("kmatrix run: " + " ".join(argv), flush=True)
     return subprocess.call(argv)
@@ -80,7 +91,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    return ensure_host_packages(check_only=args.check)
+    return ensure_host_packages(check_only=args.check, tests=args.tests)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,13 +119,39 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--reports", default="reports")
     sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     sp.add_argument("-n", "--workers", help="pytest-xdist workers (e.g. 2 or auto)")
+    sp.add_argument(
+        "--baseline", action="append", default=[], help="earlier run to compare with; repeatable"
+    )
+    sp.add_argument("--repeat", type=int, default=1, help="run N times into REPORTS/repeat-1..N")
     sp = sub.add_parser("shell", help="boot one cell and attach an interactive shell")
     with_matrix(sp)
     sp.add_argument("cell", help="cell id, e.g. deb-6.12-cloud/Haswell/virtio")
     sp.add_argument("--reports", default="reports")
     sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp = sub.add_parser("build", help="build (or find in the cache) the source-built kernels")
+    with_matrix(sp)
+    sp.add_argument("kernels", nargs="*", help="kernel names (default: all built from source)")
+    sp = sub.add_parser("patches", help="patch series tools")
+    psub = sp.add_subparsers(dest="patches_command", required=True)
+    pc = psub.add_parser(
+        "check", help="the series x source-version table: clean, offset, fuzz, applied, conflict"
+    )
+    pc.add_argument("series", help="a directory (quilt series or *.patch), an mbox or a patch")
+    pc.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="kernel source: linux-source-6.1, a directory, a git checkout (PATH@REF for a "
+        "ref), a tarball or a .deb (repeat for more versions)",
+    )
+    pc.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    pc.add_argument("--skip", action="append", default=[], metavar="GLOB", help="leave out")
     sp = sub.add_parser("setup", help="install missing host packages (as root)")
     sp.add_argument("--check", action="store_true", help="only report what is missing")
+    sp.add_argument(
+        "--tests", action="store_true", help="also what the project's own tests need (chromium)"
+    )
+    report_cli.add_parsers(sub)
 
     raw = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -129,6 +166,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, extra)
         if args.command == "shell":
             return cmd_shell(args)
+        if args.command in report_cli.COMMANDS:
+            return report_cli.dispatch(args)
+        if args.command == "build":
+            from kmatrix.build import build_command
+
+            return build_command(args.matrix, args.kernels)
+        if args.command == "patches":
+            from kmatrix.patches import check_command
+
+            return check_command(args.series, args.source, args.json, args.skip)
         return cmd_setup(args)
     except KmatrixError as e:
         print(f"kmatrix: error: {e}", file=sys.stderr)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from kmatrix import accel as accel_mod
+from kmatrix.console import ConsoleRecorder
 from kmatrix.errors import GuestDied, GuestError, GuestTimeout, KmatrixError, VMError
 from kmatrix.image import ModuleIndex, base_modules, build_image, channel_for
 from kmatrix.kernel import KernelArtifact, resolve
-from kmatrix.machine import Machine, private_rundir
+from kmatrix.machine import Machine, private_rundir, sandbox_supported
 from kmatrix.matrix import Cell
 from kmatrix.qemu_argv import BootPaths, build_argv
 from kmatrix.session import GuestSession
@@ -41,6 +42,14 @@ def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     return "\n".join(data.replace("\r", "").splitlines()[-lines:])
 
 
+def _process_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def _tail_note(console: Path) -> str:
     tail = console_tail(console)
     return f"; console tail:\n{tail}" if tail.strip() else " (the console is empty)"
@@ -59,6 +68,8 @@ class BootRecord:
     shutdown_steps: list[str] = field(default_factory=list)
     tcg_missing: list[str] = field(default_factory=list)
     exitcode: int | None = None
+    console_bytes: int = 0
+    console_dropped: int = 0
 
 
 class Guest:
@@ -80,7 +91,9 @@ class Guest:
         self.session: GuestSession | None = None
         self.record = BootRecord()
         self._transcript: IO[str] | None = None
+        self.recorder: ConsoleRecorder | None = None
         self.console_log = outdir / "console.log"
+        self.scratch_disk: Path | None = None  # host file behind the scratch disk, this boot
 
     # --- preparing ----------------------------------------------------------------------------
 
@@ -101,8 +114,28 @@ class Guest:
             console_log=console,
             qmp_socket=rundir / "qmp.sock",
             agent_socket=rundir / "agent.sock",
+            console_socket=None if shell else rundir / "console.sock",
+            scratch_disk=self._scratch_disk(rundir),
         )
-        return build_argv(self.cell, paths, accel, self.record.channel, shell=shell)
+        return build_argv(
+            self.cell,
+            paths,
+            accel,
+            self.record.channel,
+            shell=shell,
+            sandbox=sandbox_supported(),
+        )
+
+    def _scratch_disk(self, rundir: Path) -> Path | None:
+        """A fresh sparse file for the profile's scratch disk, private to this boot."""
+        disk = self.cell.device.scratch_disk
+        if disk is None:
+            return None
+        path = rundir / f"{disk.id}.img"
+        with path.open("wb") as f:
+            f.truncate(disk.size << 20)
+        self.scratch_disk = path
+        return path
 
     def _probe_kvm(self) -> str | None:
         """Boots this cell under KVM with a short deadline; None if the agent answered."""
@@ -140,7 +173,9 @@ class Guest:
             self.cell.id,
         )
         self.machine = machine
-        machine.launch()
+        recorder = ConsoleRecorder(self.console_log)
+        self.recorder = recorder
+        machine.launch(before_cont=lambda: recorder.connect(rundir / "console.sock", 10.0))
         self.record.tcg_missing = machine.tcg_missing_features()
         t0 = time.monotonic()
         self._transcript = (self.outdir / "commands.log").open("a", encoding="utf-8")
@@ -151,6 +186,7 @@ class Guest:
             self.record.userspace_uptime = self.session.wait_ready(timeout)
         except GuestDied as e:
             code = machine.wait_exit(5.0)
+            self._close_recorder()  # QEMU is gone: flush the kept tail before reading the log
             raise BootFailure(
                 f"{self.cell.id}: the kernel did not reach userspace; QEMU exited "
                 f"with code {code}" + _tail_note(self.console_log)
@@ -216,6 +252,39 @@ class Guest:
         self.record.exitcode = code
         return bool(self.record.poweroff_clean)
 
+    def diagnose(self) -> tuple[str, str]:
+        """After a guest command timed out or the VM vanished: ('infra'|'kernel', why).
+
+        A QEMU killed by a signal, stopped, or deaf to QMP is the host's problem; a guest
+        that panicked (QEMU exited by itself) or hangs under a responsive QEMU is the kernel's.
+        """
+        m = self.machine
+        if m is None or m.proc is None:
+            return "infra", "no VM was started"
+        code = m.proc.poll()
+        if code is not None:
+            self._close_recorder()
+            if code < 0:
+                return "infra", f"QEMU was killed by signal {-code}"
+            return "kernel", f"the guest went down (QEMU exited with code {code})"
+        if _process_state(m.proc.pid) == "T":
+            return "infra", "QEMU is stopped (SIGSTOP/ptrace); killed it"
+        try:
+            status = m.qmp.cmd("query-status", timeout=5.0) if m.qmp else None
+        except KmatrixError as e:
+            return "infra", f"QEMU does not answer QMP ({e})"
+        state = status.get("status") if isinstance(status, dict) else None
+        if state in ("guest-panicked", "internal-error", "shutdown"):
+            return "kernel", f"the VM is in state {state!r}"
+        return "kernel", f"the guest stopped answering while QEMU runs (state {state!r})"
+
+    def _close_recorder(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.record.console_bytes = self.recorder.total
+            self.record.console_dropped = self.recorder.dropped
+            self.recorder = None
+
     def save_dmesg(self) -> None:
         """Keeps the whole kernel ring buffer (the console is quiet) beside the console log."""
         if self.alive and self.session is not None:
@@ -236,6 +305,7 @@ class Guest:
                 self.record.shutdown_steps += self.machine.shutdown_steps
                 if self.record.exitcode is None:
                     self.record.exitcode = self.machine.exitcode
+            self._close_recorder()
             if self._transcript is not None:
                 self._transcript.close()
                 self._transcript = None

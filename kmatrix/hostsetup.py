@@ -20,22 +20,39 @@ HOST_PACKAGES: dict[str, str] = {
     "lz4": "/usr/bin/lz4",
     "lzop": "/usr/bin/lzop",
     "xz-utils": "/usr/bin/xz",
+    # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).
+    "gcc": "/usr/bin/gcc",
+    "make": "/usr/bin/make",
+    "flex": "/usr/bin/flex",
+    "bison": "/usr/bin/bison",
+    "bc": "/usr/bin/bc",
+    "libelf-dev": "/usr/include/libelf.h",
+    "libssl-dev": "/usr/include/openssl/ssl.h",
+    "ccache": "/usr/bin/ccache",
+    "patch": "/usr/bin/patch",
+}
+# Only the project's own tests need these: the HTML report is checked in a real browser.
+TEST_PACKAGES: dict[str, str] = {
+    "chromium": "/usr/bin/chromium",
 }
 
 
-def missing_packages() -> list[str]:
-    return [pkg for pkg, probe in HOST_PACKAGES.items() if not os.path.exists(probe)]
+def missing_packages(packages: dict[str, str] | None = None) -> list[str]:
+    wanted = HOST_PACKAGES if packages is None else packages
+    return [pkg for pkg, probe in wanted.items() if not os.path.exists(probe)]
 
 
 def install_command(packages: list[str]) -> list[str]:
     return ["apt-get", "install", "-y", "--no-install-recommends", *packages]
 
 
-def ensure_host_packages(check_only: bool = False) -> int:
-    """Returns 0 when everything is there (after installing it, as root), else 1."""
-    missing = missing_packages()
+def ensure_host_packages(check_only: bool = False, tests: bool = False) -> int:
+    """Returns 0 when everything is there (after installing it, as root), else 1.
+    tests: also the packages the project's own tests need (TEST_PACKAGES)."""
+    wanted = {**HOST_PACKAGES, **(TEST_PACKAGES if tests else {})}
+    missing = missing_packages(wanted)
     if not missing:
-        print("kmatrix setup: all host packages present: " + " ".join(HOST_PACKAGES))
+        print("kmatrix setup: all host packages present: " + " ".join(wanted))
         return 0
     cmd = install_command(missing)
     if check_only or os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -49,7 +66,7 @@ def ensure_host_packages(check_only: bool = False) -> int:
     print("kmatrix setup: installing " + " ".join(missing), flush=True)
     subprocess.run(["apt-get", "update", "-q"], check=False, env=env, timeout=900)
     p = subprocess.run(cmd, check=False, env=env, timeout=1800)
-    still = missing_packages()
+    still = missing_packages(wanted)
     if p.returncode != 0 or still:
         print(f"kmatrix setup: apt-get failed; still missing: {' '.join(still)}", file=sys.stderr)
         return 1

@@ -33,12 +33,13 @@ class Recipe:
     busybox: Path
     files: tuple[tuple[Path, str], ...]  # (source in images/, destination in the guest)
     tools: tuple[Path, ...]  # host binaries copied with their libraries
+    data: tuple[Path, ...] = ()  # host data files the tools read, copied to the same path
 
     def digest(self) -> str:
         parts: list[bytes | str] = [RECIPE_VERSION, digest_file(self.busybox)]
         for src, dst in self.files:
             parts += [dst, src.read_bytes()]
-        for t in self.tools:
+        for t in (*self.tools, *self.data):
             parts += [str(t), digest_file(t)]
         return digest_bytes(*parts)
 
@@ -56,7 +57,11 @@ def load_recipe(images_dir: Path = IMAGES_DIR) -> Recipe:
         if found is None:
             raise InfraError(f"{path}: guest tool {t!r} is not installed on the host")
         tools.append(Path(found))
-    return Recipe(busybox=busybox, files=files, tools=tuple(tools))
+    extra = tuple(Path(d) for d in data.get("data", []) or [])
+    for d in extra:
+        if not d.is_absolute() or not d.is_file():
+            raise InfraError(f"{path}: guest data file {d} is not an absolute path to a host file")
+    return Recipe(busybox=busybox, files=files, tools=tuple(tools), data=extra)
 
 
 # --- modules ----------------------------------------------------------------------------------
@@ -214,9 +219,15 @@ def _stage(
         for f in [tool, *_shared_libs(tool)]:
             target = root / str(f).lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink():  # a busybox applet: the real tool replaces it
+                target.unlink()
             if not target.exists():
                 shutil.copyfile(f.resolve(), target)
                 target.chmod(0o755)
+    for extra in recipe.data:
+        target = root / str(extra).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extra, target)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
     if kernel.modules_dir is not None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kmatrix import bzimage
 from kmatrix.cache import cache_root, digest_file, ensure_dir, ensure_file, locked
 from kmatrix.errors import ArtifactError, InfraError
 from kmatrix.matrix import KernelSpec
+
+if TYPE_CHECKING:
+    from kmatrix.build import BuiltKernel
 
 APT_TIMEOUT = 600.0
 
@@ -29,6 +33,7 @@ class KernelArtifact:
     config_path: Path | None
     modules_dir: Path | None  # .../lib/modules/<release>
     config: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    build: BuiltKernel | None = field(default=None, compare=False, hash=False)  # source builds
 
     def option(self, name: str) -> str | None:
         """A config option's value ('y', 'm', a string, a number), None when not set."""
@@ -130,6 +135,7 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
     origin = f"{spec.origin} (kernel {spec.name})"
     config_path = spec.config
     modules_root = spec.modules
+    built: BuiltKernel | None = None
     if spec.source == "deb":
         deb = Path(spec.location) if spec.location.endswith(".deb") else None
         if deb is None:
@@ -141,6 +147,14 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
             config_path = configs[0] if configs else None
         if modules_root is None:
             modules_root = root / "lib" / "modules"
+    elif spec.source == "build":
+        from kmatrix.build import build_kernel  # the builder imports the matrix types too
+
+        assert spec.build is not None
+        built = build_kernel(spec.build, origin)
+        image = built.image
+        config_path = built.config_path
+        modules_root = built.modules_root
     elif spec.source == "tree":
         tree = Path(spec.location)
         image = tree / "arch/x86/boot/bzImage"
@@ -193,6 +207,7 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
             boot_image = elf.path
 
     return KernelArtifact(
+        build=built,
         name=spec.name,
         image=image,
         boot_image=boot_image,

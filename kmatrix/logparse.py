@@ -14,6 +14,7 @@ the kernel log is treated as reporting a bug.  Use ``suppress`` to drop such tit
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,11 +56,13 @@ _CUT_HERE_WINDOW = 10
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str
-    title: str
-    line: int
-    timestamp: float | None
-    excerpt: str
+    """One kernel report found in a log."""
+
+    kind: str  # one of KINDS
+    title: str  # normalised, stable across runs of the same bug, at most 120 characters
+    line: int  # 1-based number of the report's first line; lines are split on "\n" only
+    timestamp: float | None  # printk timestamp of that first line, if it has one
+    excerpt: str  # the report's lines as in the log (without "\r"), at most MAX_REPORT_LINES
 
 
 # --- line splitting -----------------------------------------------------------------------
@@ -121,6 +124,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("gpf", re.compile(r"^(?:Oops: )?general protection fault\b")),
     ("invalid_opcode", re.compile(r"^(?:Oops: )?invalid opcode:")),
     ("oops", re.compile(r"^(?:Internal error: )?Oops(?: -|:)")),
+    # arm64's first oops line, followed by "Internal error: Oops: ...".
+    ("oops", re.compile(r"^Unable to handle kernel ")),
     ("ubsan", re.compile(r"^UBSAN: ")),
 )
 
@@ -138,7 +143,9 @@ _NOT_HEADERS = re.compile(
 )
 
 # Cheap pre-filter so most lines cost one regex search instead of a dozen.
-_HINT_RE = re.compile(r"BUG|WARNING|Oops|panic|INFO: |protection fault|opcode|UBSAN|LOCKUP")
+_HINT_RE = re.compile(
+    r"BUG|WARNING|Oops|panic|INFO: |protection fault|opcode|UBSAN|LOCKUP|Unable to handle"
+)
 
 _CUT_HERE_RE = re.compile(r"^-+\[ cut here \]-+\s*$")
 _CUT_HERE_ANY_RE = re.compile(r"-+\[ cut here \]-+")
@@ -306,9 +313,12 @@ def _report_title(report: _Report) -> str:
 
 # --- titles -------------------------------------------------------------------------------
 
-_SYMBOL_RE = re.compile(r"([A-Za-z_][\w.]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: \[[\w-]+\])?")
-_SRC_RE = re.compile(r"([\w./+-]*\w\.(?:c|h|S|rs))(?::\d+)+")
-_WARN_FUNC_RE = re.compile(r"^WARNING: .*?\bat (\S+?) ([A-Za-z_][\w.]*)\+0x")
+_SYMBOL_RE = re.compile(
+    r"(?<![\w.])([A-Za-z_][\w.]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: \[[\w-]+\])?"
+)
+_SRC_RE = re.compile(r"(?<![\w./+-])([\w./+-]*\w\.(?:c|h|S|rs))(?::\d+)+")
+# "WARNING: CPU: 1 PID: 2 at mm/x.c:5 func+0x1/0x2" and the 2025 "WARNING: mm/x.c:5 at func+..."
+_WARN_FUNC_RE = re.compile(r"^WARNING: (?:.*?\bat \S+? |\S+:\d+ at )([A-Za-z_][\w.]*)\+0x")
 _WARN_SRC_RE = re.compile(r"^WARNING: (?:.*?\bat )?(\S+?\.(?:c|h|S|rs))(?::\d+)")
 _OOPS_DESC_RE = re.compile(
     r"^(?:Internal error: )?(?:Oops(?: -|:) ?)+(.*?)(?::? ?[0-9a-fA-F]{4,16}\b.*)?$"
@@ -317,11 +327,13 @@ _HUNG_TASK_RE = re.compile(r"^INFO: task (.+?)(?::\d+)? blocked")
 
 _NOISE_RES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r", address: \S+"), ""),
+    # "mm:00000000deadbeef", "val:1", "exitcode=0x00000009": the label means nothing alone.
+    (re.compile(r"(?<![\w./-])[A-Za-z_]\w*[:=](?:0x)?[0-9a-fA-F]*\d[0-9a-fA-F]*\b"), ""),
     (re.compile(r"\bCPU: \d+(?: UID: \d+)? PID: \d+"), ""),
     (re.compile(r"\bCPU#?\s?\d+"), ""),
     (re.compile(r"\b(?:PID|pid|UID|uid)[:=]? ?\d+"), ""),
     (re.compile(r"\[#\d+\]"), ""),
-    (re.compile(r"\S+/\d+/0x[0-9a-fA-F]+"), ""),  # comm/pid/preempt_count
+    (re.compile(r"(?<!\S)[^\s/]+/\d+/0x[0-9a-fA-F]+"), ""),  # comm/pid/preempt_count
     (re.compile(r"\[[^\]\s:]+:\d+\]"), ""),  # [comm:pid]
     (re.compile(r"0x[0-9a-fA-F]+"), ""),
     (re.compile(r"\b[0-9a-fA-F]{8,}\b"), ""),
@@ -361,6 +373,7 @@ def normalise_title(raw: str) -> str:
     return _title_from_msg(_split(raw[:_HEADER_MAX])[1])
 
 
+@functools.lru_cache(maxsize=1024)  # floods often repeat the same header verbatim
 def _title_from_msg(msg: str) -> str:
     msg = _CUT_HERE_ANY_RE.sub("", msg[:_HEADER_MAX]).strip()
     kind = _classify(msg)
@@ -368,7 +381,7 @@ def _title_from_msg(msg: str) -> str:
     if kind == "warning":
         m = _WARN_FUNC_RE.search(msg)
         if m:
-            title = f"WARNING in {_clean_func(m.group(2))}"
+            title = f"WARNING in {_clean_func(m.group(1))}"
         else:
             src = _WARN_SRC_RE.search(msg)
             title = f"WARNING in {src.group(1)}" if src else _generic_title(msg)
@@ -384,6 +397,8 @@ def _title_from_msg(msg: str) -> str:
         title = "general protection fault"
     elif kind == "invalid_opcode":
         title = "invalid opcode"
+    elif kind == "oops" and msg.startswith("Unable to handle kernel "):
+        title = _generic_title(msg.split(" at virtual address", 1)[0])
     elif kind == "oops":
         # Keep the trap name of 6.12-style headers ("Oops: int3: 0000 [#1]"), drop the code.
         m = _OOPS_DESC_RE.match(msg)

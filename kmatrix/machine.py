@@ -19,7 +19,8 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,21 @@ def private_rundir(prefix: str = "kmx-") -> Path:
 _TCG_MISSING = re.compile(r"TCG doesn't support requested feature: CPUID\.\w+:\w+\.([\w-]+)")
 
 
+@lru_cache(maxsize=4)
+def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
+    """Whether this QEMU was built with seccomp (-sandbox); asked once per process."""
+    try:
+        p = subprocess.run(
+            [qemu, "-sandbox", "on", "-M", "none", "-display", "none", "-nodefaults",
+             "-no-user-config", "-S", "-qmp", "stdio"],
+            input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
 class Machine:
     def __init__(self, argv: Sequence[str], rundir: Path, qemu_log: Path, name: str) -> None:
         self.argv = list(argv)
@@ -66,8 +82,14 @@ class Machine:
 
     # --- launch -----------------------------------------------------------------------------
 
-    def launch(self, timeout: float = 20.0, interactive: bool = False) -> None:
-        """Starts QEMU paused, connects QMP, checks it is alive, then lets the guest run."""
+    def launch(
+        self,
+        timeout: float = 20.0,
+        interactive: bool = False,
+        before_cont: Callable[[], None] | None = None,
+    ) -> None:
+        """Starts QEMU paused, connects QMP, runs before_cont (e.g. attach the console
+        recorder, so no byte is lost), then lets the guest run."""
         self.qemu_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [*self.argv, "-S"]
         with self.qemu_log.open("wb") as log:
@@ -95,8 +117,10 @@ class Machine:
         self.qmp = QMP(f"kmatrix-{self.name}")
         try:
             self.qmp.connect(qmp_path, max(1.0, deadline - time.monotonic()))
+            if before_cont is not None:
+                before_cont()
             self.qmp.cmd("cont", timeout=10.0)
-        except (VMError, GuestTimeout) as e:
+        except (VMError, GuestTimeout, OSError) as e:
             if self.proc.poll() is not None:
                 self._raise_exited(f"QEMU exited during start-up ({e})")
             self.kill()

@@ -22,20 +22,40 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 ACCELS = ("auto", "kvm", "tcg")
 MACHINES = ("q35", "pc")
+CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")  # make targets a build may start from
+EXPECT_OUTCOMES = ("pass", "no-boot", "build-fail", "fail")
+MAKE_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INLINE_OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+=\S.*|# CONFIG_[A-Za-z0-9_]+ is not set)$")
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst", ".deb")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """A kernel built from source: source + patch series + base config + fragments + make vars."""
+
+    source: str  # a Debian package name (linux-source-6.1) or an absolute path
+    ref: str | None = None  # a git ref, when source is a git checkout
+    patches: Path | None = None  # a series: directory, series file, mbox or one patch
+    skip: tuple[str, ...] = ()  # globs of patch names left out of this build
+    config: str = "tinyconfig"  # a make target of CONFIG_TARGETS, or an absolute .config path
+    # Absolute fragment paths, "tree:REL" (a file in the source tree) or inline "CONFIG_X=v".
+    fragments: tuple[str, ...] = ()
+    make_vars: tuple[tuple[str, str], ...] = ()  # e.g. (("KCFLAGS", "-march=x86-64-v3"),)
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Where a kernel comes from. Exactly one of deb, image, tree is set."""
+    """Where a kernel comes from. Exactly one of deb, image, tree, build is set."""
 
     name: str
-    source: str  # "deb" | "image" | "tree"
+    source: str  # "deb" | "image" | "tree" | "build"
     location: str  # package name, or absolute path
     modules: Path | None = None
     config: Path | None = None
     release: str | None = None  # declared; checked against the image header
     kernel_args: tuple[str, ...] = ()
     origin: str = ""  # "file:line" for error messages
+    build: BuildSpec | None = None  # set when source == "build"
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,25 @@ class PciExpect:
 
 
 @dataclass(frozen=True)
+class ScratchDisk:
+    """A blank disk backed by a temporary host file made for each boot (driver suite)."""
+
+    id: str
+    size: int  # MiB
+    driver: str = "virtio-blk-pci"
+    props: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryHotplug:
+    """Room for memory hot-add: QEMU's -m SIZE,slots=N,maxmem=M."""
+
+    slots: int
+    maxmem: int  # MiB, above the cell's memory
+    origin: str = ""  # "file:line" of maxmem, for the error when a cell has more memory
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     name: str
     machine: str = "q35"
@@ -82,6 +121,29 @@ class DeviceProfile:
     expect_pci: tuple[PciExpect, ...] = ()
     memory: int | None = None
     origin: str = ""
+    scratch_disk: ScratchDisk | None = None
+    hotplug: tuple[str, ...] = ()  # device ids the driver suite may unplug and re-plug
+    memory_hotplug: MemoryHotplug | None = None
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A declared outcome for the cells (and tests) its globs match; the last match wins."""
+
+    outcome: str  # one of EXPECT_OUTCOMES
+    reason: str = ""
+    kernel: str = "*"
+    cpu: str = "*"
+    device: str = "*"
+    test: str = "*"  # glob on the test function's name
+    origin: str = ""  # "file:line"
+
+    def matches(self, kernel: str, cpu: str, device: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(kernel, self.kernel)
+            and fnmatch.fnmatchcase(cpu, self.cpu)
+            and fnmatch.fnmatchcase(device, self.device)
+        )
 
 
 @dataclass(frozen=True)
@@ -97,10 +159,19 @@ class Cell:
     test_timeout: float
     accel: str
     kernel_args: tuple[str, ...] = ()
+    expect: tuple[Expectation, ...] = ()  # the matrix's expect rules that match this cell
 
     @property
     def id(self) -> str:
         return f"{self.kernel.name}/{self.cpu.name}/{self.device.name}"
+
+    def expected(self, test: str) -> Expectation | None:
+        """The declared outcome of test in this cell; None when it is expected to pass."""
+        found = None
+        for e in self.expect:
+            if fnmatch.fnmatchcase(test, e.test):
+                found = e
+        return None if found is None or found.outcome == "pass" else found
 
     @property
     def slug(self) -> str:
@@ -144,6 +215,7 @@ class Matrix:
     exclude: tuple[Rule, ...] = ()
     description: str = ""
     cells: tuple[Cell, ...] = field(default=(), compare=False)
+    expect: tuple[Expectation, ...] = ()
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
@@ -320,17 +392,24 @@ def _kernel(ctx: _Ctx, node: yaml.Node, key: str) -> KernelSpec:
     m = ctx.mapping(
         node,
         key,
-        ("name", "deb", "image", "tree", "modules", "config", "release", "kernel_args"),
+        ("name", "deb", "image", "tree", "build", "modules", "config", "release", "kernel_args"),
         ("name",),
     )
     name = ctx.string(m["name"][1], f"{key}.name", NAME_RE)
-    sources = [s for s in ("deb", "image", "tree") if s in m]
+    sources = [s for s in ("deb", "image", "tree", "build") if s in m]
     if len(sources) != 1:
-        raise ctx.err(node, key, f"kernel {name!r} needs exactly one of deb, image, tree")
+        raise ctx.err(node, key, f"kernel {name!r} needs exactly one of deb, image, tree, build")
     source = sources[0]
     vnode = m[source][1]
     skey = f"{key}.{source}"
-    if source == "deb":
+    build = None
+    if source == "build":
+        for k in ("modules", "config"):
+            if k in m:
+                raise ctx.err(m[k][0], f"{key}.{k}", "comes from the build; not allowed with build")
+        build = _build(ctx, vnode, skey)
+        location = build.source
+    elif source == "deb":
         raw = ctx.string(vnode, skey)
         if raw.endswith(".deb") or "/" in raw:
             location = str(ctx.file(vnode, skey))
@@ -361,6 +440,109 @@ def _kernel(ctx: _Ctx, node: yaml.Node, key: str) -> KernelSpec:
         release=release,
         kernel_args=kargs,
         origin=f"{ctx.path}:{node.start_mark.line + 1}",
+        build=build,
+    )
+
+
+def _build(ctx: _Ctx, node: yaml.Node, key: str) -> BuildSpec:
+    m = ctx.mapping(
+        node,
+        key,
+        ("source", "ref", "patches", "skip", "config", "fragments", "make_vars"),
+        ("source",),
+    )
+    snode = m["source"][1]
+    raw = ctx.string(snode, f"{key}.source")
+    if "/" in raw or raw.endswith(TARBALL_SUFFIXES):
+        src_path = ctx.file(snode, f"{key}.source")
+        source = str(src_path)
+    elif DEB_NAME_RE.match(raw):
+        src_path, source = None, raw
+    else:
+        raise ctx.err(
+            snode,
+            f"{key}.source",
+            f"{raw!r} is neither a path (directory, git checkout, tarball, .deb) "
+            "nor a Debian package name such as linux-source-6.1",
+        )
+    ref = None
+    if "ref" in m:
+        ref = ctx.string(m["ref"][1], f"{key}.ref")
+        if src_path is None or not (src_path / ".git").exists():
+            raise ctx.err(m["ref"][0], f"{key}.ref", "a ref needs a git checkout as the source")
+    patches = None
+    skip: tuple[str, ...] = ()
+    if "patches" in m:
+        from kmatrix.patches import SeriesError, load_series
+
+        pnode = m["patches"][1]
+        patches = ctx.file(pnode, f"{key}.patches")
+        try:
+            series = load_series(patches)
+        except SeriesError as e:
+            raise ctx.err(pnode, f"{key}.patches", str(e)) from None
+        if "skip" in m:
+            skip = ctx.strings(m["skip"][1], f"{key}.skip")
+            names = [p.name for p in series.patches]
+            for pat in skip:
+                if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                    raise ctx.err(
+                        m["skip"][1],
+                        f"{key}.skip",
+                        f"{pat!r} matches no patch of {patches} (patches: {', '.join(names)})",
+                    )
+    elif "skip" in m:
+        raise ctx.err(m["skip"][0], f"{key}.skip", "skip needs patches")
+    config = "tinyconfig"
+    if "config" in m:
+        cnode = m["config"][1]
+        c = ctx.string(cnode, f"{key}.config")
+        if c in CONFIG_TARGETS:
+            config = c
+        elif "/" in c or c.endswith(".config") or c.startswith("config-"):
+            config = str(ctx.file(cnode, f"{key}.config"))
+        else:
+            raise ctx.err(
+                cnode,
+                f"{key}.config",
+                f"{c!r} is neither one of {', '.join(CONFIG_TARGETS)} nor a config file path",
+            )
+    fragments: list[str] = []
+    if "fragments" in m:
+        fnodes = m["fragments"][1]
+        items = (
+            [fnodes] if isinstance(fnodes, yaml.ScalarNode) else ctx.seq(fnodes, f"{key}.fragments")
+        )
+        for i, fnode in enumerate(items):
+            fkey = f"{key}.fragments[{i}]"
+            f = ctx.string(fnode, fkey)
+            if f.startswith(("CONFIG_", "# CONFIG_")):
+                if not INLINE_OPTION_RE.match(f):
+                    raise ctx.err(fnode, fkey, f"{f!r} is not CONFIG_NAME=value")
+                fragments.append(f)
+            elif f.startswith("tree:"):
+                rel = f.removeprefix("tree:")
+                if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+                    raise ctx.err(fnode, fkey, f"{f!r}: tree: takes a path inside the source")
+                fragments.append(f)
+            else:
+                fragments.append(str(ctx.file(fnode, fkey)))
+    make_vars = ctx.props(m["make_vars"][1], f"{key}.make_vars") if "make_vars" in m else ()
+    for k, _ in make_vars:
+        if not MAKE_VAR_RE.match(k):
+            raise ctx.err(m["make_vars"][1], f"{key}.make_vars.{k}", "not a make variable name")
+        if k in ("O", "ARCH", "SRCARCH"):
+            raise ctx.err(
+                m["make_vars"][1], f"{key}.make_vars.{k}", "set by kmatrix (x86_64, out of tree)"
+            )
+    return BuildSpec(
+        source=source,
+        ref=ref,
+        patches=patches,
+        skip=skip,
+        config=config,
+        fragments=tuple(fragments),
+        make_vars=make_vars,
     )
 
 
@@ -411,6 +593,9 @@ def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
             "modules",
             "expect_pci",
             "memory",
+            "scratch_disk",
+            "hotplug",
+            "memory_hotplug",
         ),
         ("name",),
     )
@@ -477,7 +662,68 @@ def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
         if "memory" in m
         else None,
         origin=f"{ctx.path}:{node.start_mark.line + 1}",
+        scratch_disk=_scratch_disk(ctx, m["scratch_disk"][1], f"{pre}scratch_disk", ids)
+        if "scratch_disk" in m
+        else None,
+        hotplug=_hotplug(ctx, m["hotplug"][1], f"{pre}hotplug", devices) if "hotplug" in m else (),
+        memory_hotplug=_memory_hotplug(ctx, m["memory_hotplug"][1], f"{pre}memory_hotplug")
+        if "memory_hotplug" in m
+        else None,
     )
+
+
+def _scratch_disk(ctx: _Ctx, node: yaml.Node, key: str, ids: dict[str, int]) -> ScratchDisk:
+    m = ctx.mapping(node, key, ("id", "size", "driver", "props"), ("size",))
+    did = ctx.string(m["id"][1], f"{key}.id", NAME_RE) if "id" in m else "scratch0"
+    _unique(ctx, ids, did, m["id"][1] if "id" in m else node, f"{key}.id")
+    return ScratchDisk(
+        id=did,
+        size=int(ctx.number(m["size"][1], f"{key}.size", 1, 1 << 16, True)),
+        driver=ctx.string(m["driver"][1], f"{key}.driver", NAME_RE)
+        if "driver" in m
+        else "virtio-blk-pci",
+        props=ctx.props(m["props"][1], f"{key}.props") if "props" in m else (),
+    )
+
+
+def _hotplug(ctx: _Ctx, node: yaml.Node, key: str, devices: list[QemuDevice]) -> tuple[str, ...]:
+    known = [d.id for d in devices if d.id is not None]
+    names = ctx.strings(node, key)
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    for i, (name, item) in enumerate(zip(names, items, strict=True)):
+        if name not in known:
+            raise ctx.err(
+                item,
+                f"{key}[{i}]",
+                f"{name!r} is not the id of a device of this profile (ids: {', '.join(known)})",
+            )
+    return names
+
+
+def _memory_hotplug(ctx: _Ctx, node: yaml.Node, key: str) -> MemoryHotplug:
+    m = ctx.mapping(node, key, ("slots", "maxmem"), ("slots", "maxmem"))
+    mnode = m["maxmem"][1]
+    return MemoryHotplug(
+        # x86 QEMU takes at most 256 DIMM slots.
+        slots=int(ctx.number(m["slots"][1], f"{key}.slots", 1, 256, True)),
+        maxmem=int(ctx.number(mnode, f"{key}.maxmem", 128, 1 << 22, True)),
+        origin=f"{ctx.path}:{mnode.start_mark.line + 1}",
+    )
+
+
+def _check_maxmem(cells: tuple[Cell, ...]) -> None:
+    """maxmem is only known to be too small once a cell's memory is known."""
+    for c in cells:
+        hp = c.device.memory_hotplug
+        if hp is not None and hp.maxmem <= c.memory:
+            path, _, line = hp.origin.rpartition(":")
+            raise MatrixError(
+                path,
+                int(line) if line.isdigit() else None,
+                "memory_hotplug.maxmem",
+                f"{hp.maxmem} MiB leaves no room to hot-add memory: cell {c.id} already "
+                f"has {c.memory} MiB",
+            )
 
 
 def load_profile(path: Path) -> DeviceProfile:
@@ -519,6 +765,37 @@ def _rule(ctx: _Ctx, node: yaml.Node, key: str, names: dict[str, set[str]]) -> R
     return Rule(**vals)
 
 
+def _expectation(
+    ctx: _Ctx, node: yaml.Node, key: str, names: dict[str, set[str]], built: set[str]
+) -> Expectation:
+    m = ctx.mapping(
+        node, key, ("kernel", "cpu", "device", "test", "outcome", "reason"), ("outcome",)
+    )
+    outcome = ctx.choice(m["outcome"][1], f"{key}.outcome", EXPECT_OUTCOMES)
+    globs: dict[str, str] = {}
+    for axis in ("kernel", "cpu", "device"):
+        if axis in m:
+            vnode = m[axis][1]
+            pat = ctx.string(vnode, f"{key}.{axis}")
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names[axis]):
+                known = ", ".join(sorted(names[axis]))
+                raise ctx.err(vnode, f"{key}.{axis}", f"{pat!r} matches no {axis} (known: {known})")
+            globs[axis] = pat
+    if outcome == "build-fail" and not any(
+        fnmatch.fnmatchcase(k, globs.get("kernel", "*")) for k in built
+    ):
+        raise ctx.err(
+            m["outcome"][1], f"{key}.outcome", "build-fail matches no kernel built from source"
+        )
+    return Expectation(
+        outcome=outcome,
+        reason=ctx.string(m["reason"][1], f"{key}.reason") if "reason" in m else "",
+        test=ctx.string(m["test"][1], f"{key}.test") if "test" in m else "*",
+        origin=f"{ctx.path}:{node.start_mark.line + 1}",
+        **globs,
+    )
+
+
 def _defaults(ctx: _Ctx, node: yaml.Node | None) -> Defaults:
     if node is None:
         return Defaults()
@@ -548,7 +825,17 @@ def load_matrix(path: Path | str) -> Matrix:
     m = ctx.mapping(
         root,
         "",
-        ("name", "description", "defaults", "kernels", "cpus", "devices", "include", "exclude"),
+        (
+            "name",
+            "description",
+            "defaults",
+            "kernels",
+            "cpus",
+            "devices",
+            "include",
+            "exclude",
+            "expect",
+        ),
         ("kernels", "cpus", "devices"),
     )
     name = ctx.string(m["name"][1], "name", NAME_RE) if "name" in m else path.stem
@@ -585,6 +872,11 @@ def load_matrix(path: Path | str) -> Matrix:
             rules[section] = tuple(
                 _rule(ctx, n, f"{section}[{i}]", names) for i, n in enumerate(nodes)
             )
+    built = {k.name for k in kernels if k.build is not None}
+    expect = tuple(
+        _expectation(ctx, n, f"expect[{i}]", names, built)
+        for i, n in enumerate(ctx.seq(m["expect"][1], "expect") if "expect" in m else [])
+    )
     mat = Matrix(
         path=path,
         name=name,
@@ -595,8 +887,10 @@ def load_matrix(path: Path | str) -> Matrix:
         devices=tuple(devices),
         include=rules.get("include", ()),
         exclude=rules.get("exclude", ()),
+        expect=expect,
     )
     cells = expand(mat)
+    _check_maxmem(cells)
     if not cells:
         raise MatrixError(path, None, "include/exclude", "the rules leave no cell to run")
     return Matrix(**{**mat.__dict__, "cells": cells})
@@ -626,6 +920,7 @@ def expand(mat: Matrix) -> tuple[Cell, ...]:
                         test_timeout=d.test_timeout,
                         accel=d.accel,
                         kernel_args=d.kernel_args + k.kernel_args + dev.kernel_args,
+                        expect=tuple(e for e in mat.expect if e.matches(k.name, c.name, dev.name)),
                     )
                 )
     return tuple(out)

@@ -20,12 +20,13 @@ from typing import Any, cast
 
 import pytest
 
-from kmatrix import __version__
+from kmatrix import __version__, shard
 from kmatrix.accel import qemu_version
-from kmatrix.errors import InputError, KmatrixError, MatrixError
+from kmatrix.build import BuildFailure
+from kmatrix.errors import GuestError, InfraError, InputError, KmatrixError, MatrixError
 from kmatrix.guest import BootFailure, Guest, console_tail
 from kmatrix.kernel import KernelArtifact
-from kmatrix.logparse import parse_kernel_log
+from kmatrix.logparse import findings_summary, parse_kernel_log
 from kmatrix.machine import kill_all
 from kmatrix.matrix import Cell, Matrix, load_matrix
 from kmatrix.results import ResultsCollector, write_json_atomic
@@ -61,6 +62,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kmatrix-no-direct-boot",
         action="store_true",
         help="boot the bzImage as given instead of its extracted PVH vmlinux",
+    )
+    g.addoption(
+        "--kmatrix-shard",
+        metavar="I/N",
+        help="run only shard I of N (whole cells, deterministic; see --kmatrix-durations)",
+    )
+    g.addoption(
+        "--kmatrix-durations",
+        metavar="RESULTS_JSON",
+        help="an earlier results.json whose per-cell durations balance the shards",
+    )
+    g.addoption(
+        "--kmatrix-baseline",
+        metavar="DIR",
+        action="append",
+        help="an earlier run (reports dir or results.json) to compare with; repeatable",
+    )
+    g.addoption(
+        "--kmatrix-known-issues",
+        metavar="YAML",
+        help="known kernel-log signatures (default: known-issues.yaml beside the matrix)",
+    )
+    g.addoption(
+        "--kmatrix-kcidb-origin", metavar="NAME", help="origin of the KCIDB export (kmatrix)"
+    )
+    g.addoption(
+        "--kmatrix-artifacts-url",
+        metavar="URL",
+        help="where the reports directory is published (log URLs in the KCIDB export)",
     )
     parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
 
@@ -165,6 +195,64 @@ def pytest_collection_modifyitems(
         return (order[c.id] if c else -1, final, position[id(it)])
 
     items.sort(key=key)
+    _mark_expected(items)
+    spec = config.getoption("kmatrix_shard")
+    if spec:
+        _select_shard(config, items, spec)
+
+
+class NoBootFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """Raised for every test of a cell whose kernel never reached userspace."""
+
+
+class BuildFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """Raised for every test of a cell whose kernel did not build."""
+
+
+_EXPECT_RAISES: dict[str, type[BaseException] | None] = {
+    "no-boot": NoBootFailed,
+    "build-fail": BuildFailed,
+    "fail": None,  # any failure of the test
+}
+
+
+def _mark_expected(items: list[pytest.Item]) -> None:
+    """The matrix's `expect:` rules as strict xfail markers: a cell expected not to boot is
+    xfailed only by its boot failure; if it boots, its tests XPASS(strict), i.e. fail."""
+    for it in items:
+        c = cell_of(it)
+        exp = c.expected(getattr(it, "originalname", it.name)) if c is not None else None
+        if exp is None:
+            continue
+        reason = f"expected {exp.outcome}" + (f": {exp.reason}" if exp.reason else "")
+        it.add_marker(
+            pytest.mark.xfail(reason=reason, strict=True, raises=_EXPECT_RAISES[exp.outcome])
+        )
+
+
+def _select_shard(config: pytest.Config, items: list[pytest.Item], spec: str) -> None:
+    try:
+        index, total = shard.parse_spec(spec)
+        dpath = config.getoption("kmatrix_durations")
+        weights = shard.durations_from(Path(dpath)) if dpath else {}
+    except InputError as e:
+        raise pytest.UsageError(f"kmatrix: {e}") from None
+    cells = list(dict.fromkeys(c.id for it in items if (c := cell_of(it)) is not None))
+    if not weights:
+        # Without history, a cell weighs as many tests as it has selected.
+        for it in items:
+            c = cell_of(it)
+            if c is not None:
+                weights[c.id] = weights.get(c.id, 0.0) + 1.0
+    owner = shard.assign(cells, weights, total)
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for it in items:
+        c = cell_of(it)
+        (keep if c is None or owner[c.id] == index else drop).append(it)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -222,7 +310,12 @@ class CellPool:
         if g is None:
             g = Guest(cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot)
             self.guests[cell.id] = g
-            g.prepare()
+            try:
+                g.prepare()
+            except BuildFailure as e:
+                # The kernel did not build from its patches and config: its cells fail.
+                self.failures[cell.id] = e
+                return g
         try:
             if g.kernel is not None and g.record.launches and g.record.accel:
                 g._boot(g.record.accel, cell.boot_timeout)
@@ -300,7 +393,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
     failure = _pool(pyfuncitem.config).failures.get(cell.id)
     if failure is not None:
         # The kernel never reached userspace: every test of the cell fails (not errors).
-        pytest.fail(str(failure), pytrace=False)
+        exc = BuildFailed if isinstance(failure, BuildFailure) else NoBootFailed
+        raise exc(str(failure), pytrace=False)
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -329,6 +423,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     cell = cell_of(item)
+    if cell is not None and report.when == "call" and report.failed and call.excinfo is not None:
+        _classify(item, cell, call.excinfo, report)
     if cell is not None and report.failed:
         g = _pool(item.config).guests.get(cell.id)
         log = g.console_log if g is not None else _pool(item.config).outdir(cell) / "console.log"
@@ -337,6 +433,36 @@ def pytest_runtest_makereport(
             report.sections.append((f"kmatrix console tail ({cell.id})", tail))
             report.longrepr = f"{report.longreprtext}\n\n--- console tail of {cell.id} ---\n{tail}"
     return report
+
+
+def _classify(
+    item: pytest.Item, cell: Cell, excinfo: pytest.ExceptionInfo[BaseException],
+    report: pytest.TestReport,
+) -> None:  # fmt: skip
+    """Host and harness faults are errors, never failures blamed on the kernel (GUIDE §4)."""
+    pool = _pool(item.config)
+    g = pool.guests.get(cell.id)
+    verdict, why = "kernel", ""
+    if excinfo.errisinstance(InfraError):
+        verdict, why = "infra", str(excinfo.value).splitlines()[0]
+    elif excinfo.errisinstance(GuestError) and g is not None:
+        verdict, why = g.diagnose()
+        if verdict == "infra" and g.machine is not None:
+            g.machine.kill()
+    if verdict == "infra":
+        pool.deaths.setdefault(cell.id, f"{why} (during {item.nodeid})")
+        # A failed call phase reported as set-up makes pytest and JUnit count an error.
+        report.when = "setup"
+        report.longrepr = f"kmatrix infrastructure error, not the kernel: {why}\n\n" + (
+            report.longreprtext
+        )
+    elif why:
+        note = f"kmatrix diagnosis: {why}"
+        if g is not None and g.console_log.is_file():
+            found = parse_kernel_log(g.console_log.read_text(errors="replace"))
+            if found:
+                note += "\nkernel log:\n" + findings_summary(found)
+        report.longrepr = f"{report.longreprtext}\n\n{note}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -371,7 +497,10 @@ def guest(request: pytest.FixtureRequest, booted: Guest) -> GuestSession:
 
 
 @pytest.fixture
-def kernel(booted: Guest) -> KernelArtifact:
+def kernel(request: pytest.FixtureRequest, booted: Guest) -> KernelArtifact:
+    if booted.kernel is None and booted.cell.id in _pool(request.config).failures:
+        # Never used: pytest_pyfunc_call fails the test (the kernel did not build).
+        return cast(KernelArtifact, None)
     assert booted.kernel is not None
     return booted.kernel
 

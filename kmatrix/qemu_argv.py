@@ -22,6 +22,8 @@ class BootPaths:
     console_log: Path
     qmp_socket: Path
     agent_socket: Path
+    console_socket: Path | None = None  # None: QEMU writes console_log itself (shell mode)
+    scratch_disk: Path | None = None  # the host file behind the profile's scratch disk
 
 
 def _props(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -52,6 +54,7 @@ def build_argv(
     channel: str,
     shell: bool = False,
     qemu: str = QEMU_BINARY,
+    sandbox: bool = True,
 ) -> list[str]:
     """argv for one boot of the cell. accel is 'kvm' or 'tcg'; channel 'virtio' or 'serial'."""
     if accel not in ("kvm", "tcg"):
@@ -66,19 +69,30 @@ def build_argv(
         "-machine",
         dev.machine + _props(dev.machine_props),
         "-accel",
-        accel,
+        # One host thread for all vCPUs under TCG: multi-threaded TCG lets vCPUs see
+        # half-patched kernel text (int3 oopses in static-key patching during boot were
+        # seen here), and it was also faster on these loaded 2-core hosts.
+        "tcg,thread=single" if accel == "tcg" else accel,
         "-cpu",
         cell.cpu.model,
         "-smp",
         str(cell.smp),
         "-m",
-        f"{cell.memory}M",
+        _memory(cell),
         # No default NIC, VGA, floppy or CD-ROM: nothing the profile did not ask for.
         "-nodefaults",
         "-no-user-config",
         "-display",
         "none",
         "-no-reboot",
+    ]
+    if sandbox:
+        # seccomp: QEMU may not exec, change privileges or use obsolete syscalls.
+        argv += [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]
+    argv += [
         "-kernel",
         str(paths.kernel),
         "-initrd",
@@ -92,6 +106,9 @@ def build_argv(
             "-chardev",
             f"stdio,id=con,mux=on,signal=off,logfile={paths.console_log}",
         ]
+    elif paths.console_socket is not None:
+        # The harness drains the console through this socket into a size-capped log.
+        argv += ["-chardev", f"socket,id=con,path={paths.console_socket},server=on,wait=off"]
     else:
         argv += ["-chardev", f"file,id=con,path={paths.console_log}"]
     argv += [
@@ -120,4 +137,22 @@ def build_argv(
     for d in dev.devices:
         ident = f",id={d.id}" if d.id else ""
         argv += ["-device", f"{d.driver}{ident}{_props(d.props)}"]
+    disk = dev.scratch_disk
+    if disk is not None:
+        if paths.scratch_disk is None:
+            raise ValueError(f"profile {dev.name} has a scratch disk but no file was given for it")
+        node = f"{disk.id}-blk"
+        path = str(paths.scratch_disk).replace(",", ",,")
+        argv += ["-blockdev", f"node-name={node},driver=raw,file.driver=file,file.filename={path}"]
+        props = disk.props
+        if not any(k == "serial" for k, _ in props):
+            props += (("serial", f"kmx-{disk.id}"),)  # how the guest finds the disk
+        argv += ["-device", f"{disk.driver},id={disk.id},drive={node}{_props(props)}"]
     return argv
+
+
+def _memory(cell: Cell) -> str:
+    hp = cell.device.memory_hotplug
+    if hp is None:
+        return f"{cell.memory}M"
+    return f"{cell.memory}M,slots={hp.slots},maxmem={hp.maxmem}M"

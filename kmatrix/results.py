@@ -25,6 +25,7 @@ import pytest
 from kmatrix import __version__
 from kmatrix.accel import qemu_version
 from kmatrix.matrix import Cell, Matrix
+from kmatrix.runs import failure_message
 
 SCHEMA = "kmatrix-results/1"
 METRIC_PREFIX = "metric."
@@ -97,6 +98,11 @@ class ResultsCollector:
         props = {str(k): str(v) for k, v in report.user_properties}
         cell_id = props.get("kmatrix.cell")
         if cell_id is None:
+            # The plugin adds the properties only after the cell booted; a boot that raised
+            # (an infra error) leaves the cell to be read from the node id's parameter.
+            param = report.nodeid.partition("[")[2].removesuffix("]")
+            cell_id = param if param in self.cells_by_id else None
+        if cell_id is None:
             return
         outcome = outcome_of(report)
         rec = self.records.get(report.nodeid)
@@ -126,9 +132,9 @@ class ResultsCollector:
                 elif isinstance(report.longrepr, tuple):
                     rec.message = str(report.longrepr[2])[:2000]
                 else:
-                    rec.message = (
-                        rec.longrepr.strip().splitlines()[0][:2000] if rec.longrepr else ""
-                    )
+                    # A plain-text report (the plugin appends the console tail): its first
+                    # "E   " line is the assertion; its first line is only source context.
+                    rec.message = failure_message({"longrepr": rec.longrepr})[:2000]
         if report.when == "teardown":
             self.write()
 
@@ -141,6 +147,49 @@ class ResultsCollector:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
         self.write()
+        self.write_reports(session.config)
+
+    def write_reports(self, config: pytest.Config) -> None:
+        """JUnit per cell, index.html, summary.md, kcidb.json (and compare.json against a
+        baseline), from the results.json just written; a failing writer never fails the run."""
+        from kmatrix.reports import ReportOptions, write_reports
+
+        def opt(name: str) -> Any:
+            return config.getoption(name, None)
+
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        try:
+            baseline = opt("kmatrix_baseline") or []
+            known = opt("kmatrix_known_issues")
+            result = write_reports(
+                self.reports,
+                ReportOptions(
+                    baseline=[Path(b) for b in baseline],
+                    known_issues=Path(known) if known else None,
+                    kcidb_origin=opt("kmatrix_kcidb_origin") or "kmatrix",
+                    artifacts_url=opt("kmatrix_artifacts_url"),
+                ),
+            )
+        except Exception as e:
+            # Reports are derived data; results.json is already safe on disk.
+            if tr is not None:
+                tr.write_line(f"kmatrix: reports not written: {type(e).__name__}: {e}", red=True)
+            return
+        if tr is None:
+            return
+        names = ", ".join(p.name for p in result.written.values())
+        tr.write_line(f"kmatrix reports in {self.reports}: results.json, {names}")
+        for name, err in result.errors.items():
+            tr.write_line(f"kmatrix: {name} report failed: {err}", red=True)
+        c = result.comparison
+        if c is not None:
+            n = len(c.regressions)
+            tr.write_line(
+                f"kmatrix: against the baseline: {n} regression(s)"
+                + " (see compare.json)" * bool(n),
+                red=bool(n),
+                green=not n,
+            )
 
     # --- output -----------------------------------------------------------------------------
 
@@ -209,7 +258,15 @@ class ResultsCollector:
         }
 
     def write(self) -> None:
-        write_json_atomic(self.reports / "results.json", self.document())
+        doc = self.document()
+        write_json_atomic(self.reports / "results.json", doc)
+        # The per-cell JUnit follows results.json, so even a killed run leaves a valid one;
+        # a failure here is reported by the full report pass at the end of the session.
+        with contextlib.suppress(Exception):
+            from kmatrix import junit_cells
+            from kmatrix.runs import Run
+
+            junit_cells.write(Run(self.reports / "results.json", doc), self.reports)
 
 
 def cell_status(outcomes: list[str]) -> str:

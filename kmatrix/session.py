@@ -102,9 +102,9 @@ class GuestSession:
         payload = base64.b64encode(command.encode()).decode()
         tmo = max(1, int(timeout + 0.999))
         start = time.monotonic()
-        self._child.send(f"KMX {ident} {tmo} {payload}\n".encode())
         end = re.compile(rf"KMX-END {ident} (-?\d+)\r?\n".encode())
         try:
+            self._child.send(f"KMX {ident} {tmo} {payload}\n".encode())
             self._child.expect(end, timeout=tmo + GRACE)
         except pexpect.TIMEOUT:
             self.closed = True  # the agent is stuck in this command: nothing else can run
@@ -112,9 +112,13 @@ class GuestSession:
                 f"{self.name}: guest command {command!r} gave no reply within "
                 f"{tmo + GRACE:g}s (guest deadline {tmo}s + {GRACE:g}s grace)"
             ) from None
-        except pexpect.EOF:
+        except (pexpect.EOF, OSError) as e:
+            # A reset socket is QEMU going away just as surely as an orderly EOF.
             self.closed = True
-            raise GuestDied(f"{self.name}: the VM went away while running {command!r}") from None
+            why = "" if isinstance(e, pexpect.EOF) else f" ({e.__class__.__name__})"
+            raise GuestDied(
+                f"{self.name}: the VM went away while running {command!r}{why}"
+            ) from None
         match = self._child.match
         assert isinstance(match, re.Match)
         status = int(match.group(1))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def qemu_pids(pattern: str = "kmatrix:") -> list[int]:
-    """QEMU processes whose -name carries pattern (every kmatrix QEMU has 'kmatrix:')."""
+def qemu_pids(pattern: str = "") -> list[int]:
+    """kmatrix QEMU processes whose command line contains pattern (e.g. a private TMPDIR)."""
     out = subprocess.run(
-        ["pgrep", "-f", f"qemu-system-x86_64 -name {pattern}"],
+        ["pgrep", "-f", f"qemu-system-x86_64 -name kmatrix:.*{pattern}"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
     return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    """A short TMPDIR for a child pytest: its QEMUs' socket paths carry it, so pgrep can tell
+    them from other QEMUs on the machine."""
+    d = Path(tempfile.mkdtemp(prefix="kt-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

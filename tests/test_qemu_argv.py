@@ -21,6 +21,7 @@ PATHS = BootPaths(
     console_log=Path("/reports/cells/x/console.log"),
     qmp_socket=Path("/tmp/kmx-run/qmp.sock"),
     agent_socket=Path("/tmp/kmx-run/agent.sock"),
+    console_socket=Path("/tmp/kmx-run/console.sock"),
 )
 
 
@@ -61,6 +62,15 @@ def test_argv_matches_reference(name: str) -> None:
 def test_argv_is_pure() -> None:
     cell = _cell("deb-6.12-cloud/Haswell/virtio")
     assert build_argv(cell, PATHS, "tcg", "virtio") == build_argv(cell, PATHS, "tcg", "virtio")
+
+
+def test_console_log_file_without_socket() -> None:
+    cell = _cell("deb-6.12-cloud/Haswell/virtio")
+    plain = BootPaths(PATHS.kernel, PATHS.initrd, PATHS.console_log, PATHS.qmp_socket,
+                      PATHS.agent_socket)  # fmt: skip
+    argv = build_argv(cell, plain, "tcg", "virtio", sandbox=False)
+    assert "file,id=con,path=/reports/cells/x/console.log" in argv
+    assert "-sandbox" not in argv
 
 
 def test_no_network_and_no_defaults() -> None:

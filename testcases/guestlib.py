@@ -1,0 +1,110 @@
+"""Guest-side helpers shared by the scheduler, memory and driver suites.
+
+Everything here runs real tools in the guest (busybox, stress-ng, util-linux) and reads
+/proc and /sys; the host only parses. Under TCG a busybox `read` loop over /proc costs a
+syscall per byte, so process tables are read with one cat | awk instead.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from kmatrix.logparse import Finding, findings_summary, parse_kernel_log
+from kmatrix.session import GuestSession
+
+# util-linux taskset by path: busybox sh runs its own applet for a bare `taskset`.
+TASKSET = "/usr/bin/taskset"
+
+_TS = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def stat_awk(program: str) -> str:
+    """A shell pipeline running an awk program over every /proc/<pid>/stat line.
+
+    Fields: $1 pid, $2 (comm), $3 state, $4 ppid, $14 utime, $15 stime, $19 nice,
+    $39 the CPU the task last ran on. cat keeps going past processes that exit meanwhile.
+    """
+    return f"cat /proc/[0-9]*/stat 2>/dev/null | awk {shlex.quote(program)}"
+
+
+def pids_by_comm(guest: GuestSession, comm: str) -> list[int]:
+    out = guest.run(stat_awk(f'$2 == "({comm})" {{ print $1 }}'), check=True).stdout
+    return sorted(int(x) for x in out.split())
+
+
+def online_cpus(text: str) -> list[int]:
+    """Expands a sysfs cpu list such as '0-3,5'."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            cpus += range(int(a), int(b) + 1)
+        elif part:
+            cpus.append(int(part))
+    return cpus
+
+
+def meminfo(guest: GuestSession) -> dict[str, int]:
+    """/proc/meminfo in kB (HugePages_* counts as they are)."""
+    out: dict[str, int] = {}
+    for line in guest.read_file("/proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields:
+            out[key.strip()] = int(fields[0])
+    return out
+
+
+def sysfs_choice(text: str) -> tuple[str, list[str]]:
+    """'always [madvise] never' -> ('madvise', ['always', 'madvise', 'never'])."""
+    words = text.split()
+    chosen = [w[1:-1] for w in words if w.startswith("[") and w.endswith("]")]
+    return (chosen[0] if chosen else ""), [w.strip("[]") for w in words]
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """Where the kernel log stood before an action, so only newer lines are judged."""
+
+    timestamp: float
+
+
+def log_mark(guest: GuestSession) -> LogMark:
+    last = 0.0
+    for line in guest.dmesg().splitlines():
+        m = _TS.match(line)
+        if m:
+            last = float(m.group(1))
+    return LogMark(last)
+
+
+def new_log(guest: GuestSession, mark: LogMark) -> str:
+    """Kernel-log lines printed after the mark."""
+    lines = []
+    for line in guest.dmesg().splitlines():
+        m = _TS.match(line)
+        if m and float(m.group(1)) > mark.timestamp:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def new_findings(guest: GuestSession, mark: LogMark) -> tuple[list[Finding], str]:
+    text = new_log(guest, mark)
+    return parse_kernel_log(text), text
+
+
+def describe_findings(findings: list[Finding]) -> str:
+    return findings_summary(findings) + "\n\n" + "\n".join(f.excerpt for f in findings[:3])
+
+
+def wait_for_comm(count: int, comm: str, seconds: float = 10.0) -> str:
+    """Shell that waits (bounded) until `count` processes named comm exist; stress-ng takes
+    most of a second to start under TCG, so fixed sleeps would be either slow or flaky."""
+    tries = int(seconds / 0.1)
+    probe = stat_awk(f'$2 == "({comm})" {{ n++ }} END {{ print n + 0 }}')
+    return (
+        f"i=0; while [ $i -lt {tries} ] && [ $({probe}) -lt {count} ]; do "
+        f"sleep 0.1; i=$((i + 1)); done"
+    )

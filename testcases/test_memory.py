@@ -1,0 +1,339 @@
+"""Memory-management smoke suite: sizing, pressure, THP, hugetlb, MGLRU, zswap, OOM, hot-add.
+
+Loads come from stress-ng; the kernel's view is read back from /proc/meminfo, /proc/vmstat
+and sysfs, and the kernel log is judged only for the lines each test caused. Tests that
+change a global knob put it back in a finally, because later tests share the boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Any
+
+import pytest
+from guestlib import (
+    describe_findings,
+    log_mark,
+    meminfo,
+    new_findings,
+    new_log,
+    sysfs_choice,
+)
+
+from conftest import require_config
+from kmatrix.errors import KmatrixError
+from kmatrix.guest import Guest
+from kmatrix.kernel import KernelArtifact
+from kmatrix.matrix import Cell
+from kmatrix.session import GuestSession
+
+pytestmark = pytest.mark.memory
+
+MIB = 1024  # kB per MiB
+
+# What the kernel may keep out of MemTotal: its image, struct pages (~1.6% of RAM), early
+# allocations; the swiotlb bounce buffer (64 MiB once maxmem reaches past 4 GiB) is
+# read from the log and allowed on top.
+RESERVE_FIXED_MIB = 64
+RESERVE_FRACTION = 0.04
+# Memory the firmware keeps below 1 MiB and for ACPI tables: the RAM the kernel sees may
+# fall short of the VM's size by this much.
+FIRMWARE_HOLE_MIB = 2
+
+
+def test_memtotal_matches_vm(guest: GuestSession, cell: Cell, record_property: Any) -> None:
+    """The kernel sees the VM's RAM, and MemTotal is that less a bounded reservation."""
+    info = meminfo(guest)
+    total_mib = info["MemTotal"] / MIB
+    log = guest.dmesg()
+    swiotlb = re.search(r"software IO TLB: mapped \[.*\] \((\d+)MB\)", log)
+    swiotlb_mib = int(swiotlb.group(1)) if swiotlb else 0
+    seen = re.search(r"Memory: \d+K/(\d+)K available", log)
+    record_property("mem.memtotal_mib", round(total_mib, 1))
+    record_property("mem.swiotlb_mib", swiotlb_mib)
+    if seen:
+        seen_mib = int(seen.group(1)) / MIB
+        record_property("mem.kernel_seen_mib", round(seen_mib, 1))
+        assert cell.memory - FIRMWARE_HOLE_MIB <= seen_mib <= cell.memory, (
+            f"the kernel found {seen_mib:.0f} MiB of RAM; the VM has {cell.memory} MiB "
+            f"(allowed firmware hole {FIRMWARE_HOLE_MIB} MiB)"
+        )
+    allowed = RESERVE_FIXED_MIB + RESERVE_FRACTION * cell.memory + swiotlb_mib
+    reserved = cell.memory - total_mib
+    assert 0 <= reserved <= allowed, (
+        f"MemTotal {total_mib:.0f} MiB for a {cell.memory} MiB VM: {reserved:.0f} MiB "
+        f"reserved, allowed 0..{allowed:.0f} MiB ({RESERVE_FIXED_MIB} MiB + "
+        f"{RESERVE_FRACTION:.0%} + swiotlb {swiotlb_mib} MiB)"
+    )
+
+
+def test_vm_stress_clean_log(guest: GuestSession) -> None:
+    """stress-ng --vm touches 80% of available memory; the kernel logs no new error."""
+    avail_mib = meminfo(guest)["MemAvailable"] // MIB
+    size = int(avail_mib * 0.8)
+    mark = log_mark(guest)
+    script = f"""
+(while :; do grep MemFree /proc/meminfo; sleep 0.1; done) > /tmp/kmx-memfree &
+m=$!
+stress-ng --vm 1 --vm-bytes {size}M --vm-populate --vm-method write64 --vm-ops 1 --vm-keep \\
+    --metrics-brief 2>&1
+rc=$?
+kill $m; wait $m 2>/dev/null
+echo "== rc=$rc"
+echo "== minfree $(awk '{{ print $2 }}' /tmp/kmx-memfree | sort -n | head -n1)"
+rm -f /tmp/kmx-memfree
+"""
+    out = guest.run(script, timeout=90).stdout
+    findings, _ = new_findings(guest, mark)
+    assert "== rc=0" in out, f"stress-ng --vm {size}M failed:\n{out}"
+    m = re.search(r"== minfree (\d+)", out)
+    assert m, out
+    low_mib = int(m.group(1)) / MIB
+    # The worker must really have held most of the memory at once.
+    assert low_mib <= avail_mib - 0.6 * size, (
+        f"MemFree never fell below {low_mib:.0f} MiB while stress-ng held {size} MiB "
+        f"of {avail_mib} MiB available"
+    )
+    assert not findings, "the kernel logged during stress-ng --vm:\n" + describe_findings(findings)
+
+
+THP = "/sys/kernel/mm/transparent_hugepage"
+
+
+def test_thp_modes(guest: GuestSession, kernel: KernelArtifact, record_property: Any) -> None:
+    """Every THP `enabled` and `defrag` mode the kernel offers can be set and reads back."""
+    require_config(kernel, "TRANSPARENT_HUGEPAGE")
+    wrong = {}
+    for knob in ("enabled", "defrag"):
+        path = f"{THP}/{knob}"
+        original, modes = sysfs_choice(guest.read_file(path))
+        record_property(f"mem.thp_{knob}", original)
+        assert original and modes, f"{path} lists no modes: {guest.read_file(path)!r}"
+        try:
+            for mode in modes:
+                guest.run(f"echo {mode} > {path}", check=True)
+                now, _ = sysfs_choice(guest.read_file(path))
+                if now != mode:
+                    wrong[f"{knob}={mode}"] = now
+        finally:
+            guest.run(f"echo {original} > {path}", check=True)
+    assert not wrong, f"modes that did not stick (asked -> read back): {wrong}"
+
+
+def test_thp_madvise_region_gets_huge_pages(guest: GuestSession, kernel: KernelArtifact) -> None:
+    """With THP in madvise mode, a 32 MiB region madvised MADV_HUGEPAGE by stress-ng is
+    backed by huge pages (thp_fault_alloc rises, AnonHugePages shows them)."""
+    require_config(kernel, "TRANSPARENT_HUGEPAGE")
+    enabled, _ = sysfs_choice(guest.read_file(f"{THP}/enabled"))
+    defrag, _ = sysfs_choice(guest.read_file(f"{THP}/defrag"))
+    size_mib = 32
+    script = f"""
+echo madvise > {THP}/enabled && echo madvise > {THP}/defrag || exit 3
+echo "== before $(awk '/^thp_fault_alloc/ {{ print $2 }}' /proc/vmstat)"
+stress-ng --vm 1 --vm-bytes {size_mib}M --vm-madvise hugepage --vm-method write64 \\
+    --vm-ops 1 --vm-hang 20 >/dev/null 2>&1 &
+s=$!
+i=0; peak=0
+while [ $i -lt 100 ]; do
+    peak=$(awk '/^AnonHugePages/ {{ print $2 }}' /proc/meminfo)
+    [ "$peak" -ge {size_mib * 1024 // 2} ] && break
+    sleep 0.1; i=$((i + 1))
+done
+echo "== anonhuge $peak"
+echo "== after $(awk '/^thp_fault_alloc/ {{ print $2 }}' /proc/vmstat)"
+kill $s; wait
+"""
+    try:
+        res = guest.run(script, timeout=60)
+    finally:
+        guest.run(f"echo {enabled} > {THP}/enabled; echo {defrag} > {THP}/defrag", check=True)
+    assert res.exit_status == 0, f"could not set THP to madvise: {res.stderr}"
+    vals = dict(re.findall(r"== (\w+) (\d+)", res.stdout))
+    faults = int(vals["after"]) - int(vals["before"])
+    want = size_mib // 2 // 2  # half the region, in 2 MiB pages
+    assert faults >= want, (
+        f"thp_fault_alloc rose by {faults} for a {size_mib} MiB MADV_HUGEPAGE region; "
+        f"expected >= {want}"
+    )
+    assert int(vals["anonhuge"]) >= size_mib * 1024 // 2, (
+        f"AnonHugePages peaked at {vals['anonhuge']} kB; expected >= {size_mib * 512} kB"
+    )
+
+
+HUGE_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+HUGE_PAGES = 8
+
+
+def test_hugetlb_reserve_map_release(guest: GuestSession, kernel: KernelArtifact) -> None:
+    """Reserve 8 x 2 MiB hugetlb pages, allocate and map them (hugetlbfs, stress-ng
+    --mmaphuge), give them back."""
+    require_config(kernel, "HUGETLBFS", "HUGETLB_PAGE")
+    if guest.run(f"test -d {HUGE_2M}").exit_status != 0:
+        pytest.skip(f"{kernel.release} has no 2 MiB hugetlb pool ({HUGE_2M})")
+    n = HUGE_PAGES
+    original = guest.read_file(f"{HUGE_2M}/nr_hugepages").strip()
+    free = "awk '/^HugePages_Free/ { print $2 }' /proc/meminfo"
+    script = f"""
+echo {n} > {HUGE_2M}/nr_hugepages
+echo "== reserved $(cat {HUGE_2M}/nr_hugepages) $({free})"
+mkdir -p /mnt/kmx-huge && mount -t hugetlbfs -o pagesize=2M none /mnt/kmx-huge || exit 3
+fallocate -l {n // 2 * 2}M /mnt/kmx-huge/f
+echo "== file $({free})"
+rm -f /mnt/kmx-huge/f
+echo "== unlinked $({free})"
+stress-ng --mmaphuge 1 --mmaphuge-mmaps {n} -t 2 >/dev/null 2>&1 &
+s=$!
+low={n}
+while kill -0 $s 2>/dev/null; do f=$({free}); [ "$f" -lt "$low" ] && low=$f; sleep 0.05; done
+wait $s; echo "== mapped_low $low rc=$?"
+echo 0 > {HUGE_2M}/nr_hugepages
+echo "== released $(cat {HUGE_2M}/nr_hugepages)"
+"""
+    try:
+        res = guest.run(script, timeout=60)
+    finally:
+        guest.run(
+            f"umount /mnt/kmx-huge 2>/dev/null; echo {original} > {HUGE_2M}/nr_hugepages",
+            timeout=30,
+        )
+    assert res.exit_status == 0, f"could not mount hugetlbfs: {res.stderr}"
+    vals = {k: [int(x) for x in v.split()] for k, v in re.findall(r"== (\w+) ([\d ]+)", res.stdout)}
+    assert vals["reserved"] == [n, n], f"asked for {n} pages; pool/free: {vals['reserved']}"
+    assert vals["file"] == [n - n // 2], (
+        f"a {n} MiB hugetlbfs file left {vals['file']} of {n} pages free; expected {n - n // 2}"
+    )
+    assert vals["unlinked"] == [n], f"removing the file left {vals['unlinked']} free, not {n}"
+    assert vals["mapped_low"][0] < n, (
+        f"stress-ng --mmaphuge never held a hugetlb page (free stayed at {n})"
+    )
+    assert vals["released"] == [0], f"pool after release: {vals['released']}"
+
+
+def test_mglru_state_and_toggle(
+    guest: GuestSession, kernel: KernelArtifact, record_property: Any
+) -> None:
+    """MGLRU's feature mask is reported, switched off and back on."""
+    require_config(kernel, "LRU_GEN")
+    path = "/sys/kernel/mm/lru_gen/enabled"
+    original = guest.read_file(path).strip()
+    record_property("mem.lru_gen_enabled", original)
+    try:
+        guest.run(f"echo n > {path}", check=True)
+        off = guest.read_file(path).strip()
+        guest.run(f"echo y > {path}", check=True)
+        on = guest.read_file(path).strip()
+    finally:
+        guest.run(f"echo {original} > {path}", check=True)
+    assert int(off, 16) == 0, f"after 'n' {path} reads {off}; expected 0x0000"
+    assert int(on, 16) & 1, f"after 'y' {path} reads {on}; expected the core bit (0x0001) set"
+    assert guest.read_file(path).strip() == original
+
+
+def test_zswap_state_and_toggle(
+    guest: GuestSession, kernel: KernelArtifact, record_property: Any
+) -> None:
+    """zswap's state, compressor and pool are reported; it switches on and off."""
+    require_config(kernel, "ZSWAP")
+    params = "/sys/module/zswap/parameters"
+    state = {}
+    for name in ("enabled", "compressor", "zpool", "max_pool_percent"):
+        res = guest.run(f"cat {params}/{name}")
+        state[name] = res.stdout.strip() if res.ok else "?"
+        record_property(f"mem.zswap_{name}", state[name])
+    original = state["enabled"]
+    assert original in ("Y", "N"), f"{params}/enabled reads {original!r}"
+    got = {}
+    try:
+        for want in ("Y", "N"):
+            guest.run(f"echo {want} > {params}/enabled", check=True)
+            got[want] = guest.read_file(f"{params}/enabled").strip()
+    finally:
+        guest.run(f"echo {original} > {params}/enabled", check=True)
+    assert got == {"Y": "Y", "N": "N"}, f"zswap enabled after writing Y, N: {got}"
+
+
+def test_oom_killer_keeps_guest_alive(guest: GuestSession) -> None:
+    """A stress-ng hog mapping all of MemTotal is killed by the OOM killer; the guest keeps
+    answering. The OOM report is the one kernel message this test expects."""
+    total_mib = meminfo(guest)["MemTotal"] // MIB
+    mark = log_mark(guest)
+    # Without swap, populating MemTotal's worth cannot succeed; --oomable keeps stress-ng
+    # from respawning the worker, which it otherwise does after an OOM kill.
+    cmd = (
+        f"stress-ng --vm 1 --vm-bytes {total_mib}M --vm-populate --vm-keep --vm-hang 30 "
+        '--oomable -t 60 2>&1; echo "== rc=$?"'
+    )
+    res = guest.run(cmd, timeout=120)
+    assert guest.run("echo alive", timeout=30).stdout.strip() == "alive"
+    log = new_log(guest, mark)
+    killed = re.findall(r"Out of memory: Killed process (\d+) \(([^)]*)\)", log)
+    assert killed, f"no OOM kill in the kernel log after a {total_mib} MiB hog:\n{res.stdout}"
+    victims = {comm for _, comm in killed}
+    assert all(c.startswith("stress-ng") for c in victims), (
+        f"the OOM killer took {victims}, not (only) the stress-ng hog"
+    )
+    findings, _ = new_findings(guest, mark)
+    assert not findings, "besides the OOM report the kernel logged:\n" + describe_findings(findings)
+
+
+def _wait_memtotal(guest: GuestSession, pred: Any, seconds: float = 20.0) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        total = meminfo(guest)["MemTotal"]
+        if pred(total) or time.monotonic() > deadline:
+            return total
+        time.sleep(0.3)
+
+
+def test_memory_hot_add(
+    guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
+) -> None:
+    """A pc-dimm hot-added through QMP shows up in MemTotal; unplugged, it goes away."""
+    hp = cell.device.memory_hotplug
+    if hp is None:
+        pytest.skip(
+            f"device profile {cell.device.name} declares no memory_hotplug "
+            "(slots/maxmem), so QEMU has no room to hot-add memory"
+        )
+    require_config(kernel, "MEMORY_HOTPLUG", "ACPI_HOTPLUG_MEMORY")
+    block = int(guest.read_file("/sys/devices/system/memory/block_size_bytes").strip(), 16)
+    size = max(block, 128 << 20)
+    assert cell.memory + size // (1 << 20) <= hp.maxmem, "maxmem leaves no room for one block"
+    auto = "/sys/devices/system/memory/auto_online_blocks"
+    original = guest.read_file(auto).strip()
+    before = meminfo(guest)["MemTotal"]
+    # online_movable: the block holds no kernel allocations, so it can be removed again.
+    guest.run(f"echo online_movable > {auto}", check=True)
+    plugged = False
+    try:
+        booted.qmp(
+            "object-add", **{"qom-type": "memory-backend-ram", "id": "kmx-hotmem"}, size=size
+        )
+        booted.qmp("device_add", driver="pc-dimm", id="kmx-dimm", memdev="kmx-hotmem")
+        plugged = True
+        grown = _wait_memtotal(guest, lambda t: t - before >= size // 1024 * 0.9)
+        assert grown - before >= size // 1024 * 0.9, (
+            f"MemTotal went {before} -> {grown} kB after hot-adding {size >> 20} MiB"
+        )
+        seen = len(booted.machine.events()) if booted.machine else 0
+        booted.qmp("device_del", id="kmx-dimm")
+        deleted = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not deleted:
+            events = booted.machine.events() if booted.machine else []
+            deleted = any(
+                e.get("event") == "DEVICE_DELETED" and e.get("data", {}).get("device") == "kmx-dimm"
+                for e in events[seen:]
+            )
+            time.sleep(0.2)
+        assert deleted, "no DEVICE_DELETED for the DIMM within 20 s (the guest did not eject it)"
+        plugged = False
+        after = _wait_memtotal(guest, lambda t: t <= before)
+        assert after == before, f"MemTotal {after} kB after unplug, {before} kB before hot-add"
+    finally:
+        guest.run(f"echo {original} > {auto}", timeout=30)
+        if not plugged:
+            with contextlib.suppress(KmatrixError):  # absent if object-add itself failed
+                booted.qmp("object-del", id="kmx-hotmem")

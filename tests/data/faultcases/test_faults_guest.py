@@ -1,0 +1,46 @@
+"""Guest-side fault injections, run by tests/test_faults.py through `pytest -p kmatrix`.
+
+Each test is selected with -k and breaks its own cell's VM in one specific way; the outer
+test asserts how kmatrix classifies and records it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from kmatrix.guest import Guest
+from kmatrix.session import GuestSession
+
+
+def test_a_sigkill_qemu(booted: Guest, guest: GuestSession) -> None:
+    assert booted.machine is not None and booted.machine.proc is not None
+    guest.run("echo before-the-kill > /dev/ttyS0")
+    time.sleep(0.5)
+    os.kill(booted.machine.proc.pid, signal.SIGKILL)
+    guest.run("echo unreachable")
+
+
+def test_b_after(guest: GuestSession) -> None:
+    guest.run("true", check=True)
+
+
+def test_a_panic(guest: GuestSession) -> None:
+    guest.run("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger", timeout=60)
+
+
+def test_a_sigstop_qemu(booted: Guest, guest: GuestSession) -> None:
+    assert booted.machine is not None and booted.machine.proc is not None
+    os.kill(booted.machine.proc.pid, signal.SIGSTOP)
+    guest.run("echo frozen", timeout=3)
+
+
+def test_a_userspace_hang(guest: GuestSession) -> None:
+    # The agent's own shell stops itself: userspace never answers again, QEMU stays fine.
+    guest.run("kill -STOP $PPID; sleep 1", timeout=4)
+
+
+def test_a_slow_guest(guest: GuestSession) -> None:
+    # Runs long enough for the outer test to interrupt the run.
+    guest.run("sleep 120", timeout=150)
