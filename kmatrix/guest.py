@@ -68,6 +68,7 @@ class BootRecord:
     shutdown_steps: list[str] = field(default_factory=list)
     tcg_missing: list[str] = field(default_factory=list)
     exitcode: int | None = None
+    attempts: list[str] = field(default_factory=list)  # infra failures that were retried
     console_bytes: int = 0
     console_dropped: int = 0
 

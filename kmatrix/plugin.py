@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import pytest
 
-from kmatrix import __version__, shard
+from kmatrix import __version__, progress, shard
 from kmatrix.accel import qemu_version
 from kmatrix.build import BuildFailure
 from kmatrix.errors import GuestError, InfraError, InputError, KmatrixError, MatrixError
@@ -29,6 +29,7 @@ from kmatrix.kernel import KernelArtifact
 from kmatrix.logparse import findings_summary, parse_kernel_log
 from kmatrix.machine import kill_all
 from kmatrix.matrix import Cell, Matrix, load_matrix
+from kmatrix.plan import RunPlan
 from kmatrix.results import ResultsCollector, write_json_atomic
 from kmatrix.session import GuestSession
 
@@ -64,6 +65,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="boot the bzImage as given instead of its extracted PVH vmlinux",
     )
     g.addoption(
+        "--kmatrix-retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="retry a boot that failed for host or QEMU reasons N times (kernel failures never)",
+    )
+    g.addoption(
         "--kmatrix-shard",
         metavar="I/N",
         help="run only shard I of N (whole cells, deterministic; see --kmatrix-durations)",
@@ -73,6 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="RESULTS_JSON",
         help="an earlier results.json whose per-cell durations balance the shards",
     )
+    progress.add_option(g)
     g.addoption(
         "--kmatrix-baseline",
         metavar="DIR",
@@ -124,6 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
         reports,
         accel=config.getoption("kmatrix_accel"),
         direct_boot=not config.getoption("kmatrix_no_direct_boot"),
+        retries=config.getoption("kmatrix_retries"),
     )
     # A cell's tests share one VM, so xdist must hand out whole cells (see the scheduler below).
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "") in (
@@ -134,10 +144,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         _install_signal_handlers()
         if matrix is not None:
-            config.pluginmanager.register(
-                ResultsCollector(matrix, reports, list(config.invocation_params.args)),
-                "kmatrix-results",
-            )
+            collector = ResultsCollector(matrix, reports, list(config.invocation_params.args))
+            config.pluginmanager.register(collector, "kmatrix-results")
+            # The plan (tests per cell, from collection or xdist's collection report) feeds
+            # the live progress and results.json's shard facts for `kmatrix merge`.
+            plan = RunPlan(matrix, config.getoption("kmatrix_shard"))
+            config.pluginmanager.register(plan, "kmatrix-plan")
+            collector.meta_extra = plan.meta
+            progress.register(config, plan)
 
 
 def _install_signal_handlers() -> None:
@@ -282,28 +296,35 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 class CellPool:
     """Boots a cell on first use, keeps one VM per worker, stops a cell after its last test."""
 
-    def __init__(self, reports: Path, accel: str | None, direct_boot: bool) -> None:
+    def __init__(
+        self, reports: Path, accel: str | None, direct_boot: bool, retries: int = 1
+    ) -> None:
         self.reports = reports
         self.accel = accel
         self.direct_boot = direct_boot
         self.guests: dict[str, Guest] = {}
         self.failures: dict[str, BaseException] = {}  # cell id -> boot failure (kernel's fault)
         self.deaths: dict[str, str] = {}  # cell id -> how its VM died mid-run
+        self.errors: dict[str, KmatrixError] = {}  # cell id -> set-up error (input, infra)
+        self.retries = retries
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
 
     def get(self, cell: Cell) -> Guest:
-        """The cell's running guest, booting it if needed. Infra errors propagate."""
+        """The cell's running guest, booting it if needed. Infra and input errors propagate
+        (the same error for every test of the cell); kernel boot failures are recorded."""
+        if cell.id in self.errors:
+            raise self.errors[cell.id]
         g = self.guests.get(cell.id)
-        if g is not None and (cell.id in self.failures or g.alive):
+        if g is not None and (
+            cell.id in self.failures
+            or cell.id in self.deaths
+            or g.alive
+            or g.record.poweroff_clean is None
+        ):
             return g
-        if g is not None and g.record.poweroff_clean is not None and cell.id not in self.deaths:
-            # Powered off on purpose by an earlier test; boot again for this one.
-            g.stop(collect=False)
-            g.start_again = True  # type: ignore[attr-defined]
-        elif g is not None:
-            return g
+        # Not booted yet, or powered off on purpose by an earlier test: boot (again).
         for other in list(self.guests):
             if other != cell.id:
                 self.stop(other)
@@ -316,14 +337,25 @@ class CellPool:
                 # The kernel did not build from its patches and config: its cells fail.
                 self.failures[cell.id] = e
                 return g
-        try:
-            if g.kernel is not None and g.record.launches and g.record.accel:
-                g._boot(g.record.accel, cell.boot_timeout)
-            else:
-                g.start()
-        except BootFailure as e:
-            self.failures[cell.id] = e
+            except KmatrixError as e:
+                self.errors[cell.id] = e
+                raise
+        else:
             g.stop(collect=False)
+        for attempt in range(1, self.retries + 2):
+            try:
+                g.start()
+                break
+            except BootFailure as e:
+                self.failures[cell.id] = e  # the kernel's fault: never retried into a pass
+                g.stop(collect=False)
+                break
+            except InfraError as e:
+                g.record.attempts.append(f"boot attempt {attempt}: {e}".splitlines()[0])
+                g.stop(collect=False)
+                if attempt > self.retries:
+                    self.errors[cell.id] = e
+                    raise
         return g
 
     def stop(self, cell_id: str) -> None:
@@ -379,6 +411,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         ("kmatrix.device_profile", cell.device.name),
         ("kmatrix.qemu_version", qemu_version()),
         ("kmatrix.accelerator", g.record.accel),
+        ("kmatrix.accel_reason", g.record.accel_reason),
         ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
     ]
     if cell.id in pool.deaths:

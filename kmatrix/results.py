@@ -91,6 +91,8 @@ class ResultsCollector:
         self.exitstatus: int | None = None
         self.run_id = str(uuid.uuid4())
         self.args = args
+        # More facts for the "run" section (the plan: matrix digest, shard, planned cells).
+        self.meta_extra: dict[str, Any] = {}
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -137,6 +139,27 @@ class ResultsCollector:
                     rec.message = failure_message({"longrepr": rec.longrepr})[:2000]
         if report.when == "teardown":
             self.write()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        tr = terminalreporter
+        tr.section("kmatrix", sep="-")
+        reasons = sorted(
+            {
+                (
+                    r.properties.get("kmatrix.accelerator", ""),
+                    r.properties.get("kmatrix.accel_reason", ""),
+                )
+                for r in self.records.values()
+            }
+        )
+        for acc, why in reasons:
+            if acc:
+                tr.write_line(f"accelerator {acc}: {why}")
+        statuses = [self.cell_entry(c)["status"] for c in self.cells_seen]
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+        tr.write_line(f"{len(self.cells_seen)} cells ({counts}); reports in {self.reports}")
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True
@@ -252,6 +275,7 @@ class ResultsCollector:
                 "python": platform.python_version(),
                 "args": self.args,
                 "argv": sys.argv,
+                **self.meta_extra,
             },
             "cells": [self.cell_entry(c) for c in self.cells_seen],
             "results": [asdict(r) for r in self.records.values()],

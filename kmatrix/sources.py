@@ -67,11 +67,30 @@ def classify(spec: str) -> str:
 
 
 def _quick_digest(path: Path) -> str:
+    """sha256 of a big archive, remembered by (path, size, mtime) across processes too."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        _digests[key] = digest_file(path)
-    return _digests[key]
+    if key in _digests:
+        return _digests[key]
+    memo = cache_root() / "digests" / digest_bytes(key[0])[:32]
+    stamp = f"{st.st_size} {st.st_mtime_ns} "
+    try:
+        text = memo.read_text()
+        if text.startswith(stamp):
+            _digests[key] = text[len(stamp) :].strip()
+            return _digests[key]
+    except OSError:
+        pass
+    digest = digest_file(path)
+    _digests[key] = digest
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
+        tmp.write_text(stamp + digest + "\n")
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # only a speed-up
+    return digest
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:

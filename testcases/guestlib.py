@@ -108,3 +108,35 @@ def wait_for_comm(count: int, comm: str, seconds: float = 10.0) -> str:
         f"i=0; while [ $i -lt {tries} ] && [ $({probe}) -lt {count} ]; do "
         f"sleep 0.1; i=$((i + 1)); done"
     )
+
+
+# Shell functions for scripts that drive stress-ng: its workers are direct children of the
+# stress-ng process started with `&` ($!). /proc/<pid>/task/<pid>/children (PROC_CHILDREN)
+# is one small read; without it, one scan of every /proc/<pid>/stat.
+SH_CHILDREN = r"""
+kmx_kids() {
+    if [ -r /proc/$1/task/$1/children ]; then cat /proc/$1/task/$1/children
+    else cat /proc/[0-9]*/stat 2>/dev/null | awk -v p=$1 '$4 == p { printf "%s ", $1 }'; fi
+}
+kmx_wait_kids() {
+    _i=0
+    while [ $_i -lt 100 ]; do
+        _k=$(kmx_kids $1)
+        [ $(echo $_k | wc -w) -ge $2 ] && break
+        sleep 0.1; _i=$((_i + 1))
+    done
+    echo $_k
+}
+kmx_files() { for _p in $2; do printf '/proc/%s/%s ' $_p $1; done; }
+"""
+
+
+def parse_stat(line: str) -> tuple[int, list[str]]:
+    """A /proc/<pid>/stat line -> (pid, fields after the comm, numbered from field 3)."""
+    head, _, rest = line.rpartition(")")
+    return int(head.split("(", 1)[0]), rest.split()
+
+
+def stat_field(fields: list[str], number: int) -> int:
+    """Field `number` (1-based, as in proc(5)) from parse_stat's list."""
+    return int(fields[number - 3])

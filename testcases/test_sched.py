@@ -2,8 +2,9 @@
 
 Loads come from stress-ng and rt-tests; what the kernel did is read back from /proc
 (schedstat run times, the CPU field of /proc/<pid>/stat) and cgroupfs, never assumed.
-Windows are short (about a second or two) so the suite stays within seconds per cell under
-TCG; tolerances are stated next to each assertion.
+Windows are short (a second or two) so the suite stays within seconds per cell under TCG;
+tolerances are stated next to each assertion. Observers read only the workers' own /proc
+files: under TCG a scan of every process costs a CPU for a good part of a second.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from guestlib import TASKSET, online_cpus, stat_awk, wait_for_comm
+from guestlib import SH_CHILDREN, TASKSET, online_cpus, parse_stat, stat_field
 
 from conftest import require_config
 from kmatrix.kernel import KernelArtifact
@@ -29,39 +30,11 @@ pytestmark = pytest.mark.sched
 WEIGHT_NICE0 = 1024
 WEIGHT_NICE5 = 335
 NICE_TOLERANCE = 0.20  # relative, on the median run-time ratio of five 0.3 s windows
-
-# A stress-ng CPU worker's run time (ns, /proc/<pid>/schedstat) with its pid and nice value.
-_RUNTIME_AWK = (
-    '$2 == "(stress-ng-cpu)" { f = "/proc/" $1 "/schedstat"; '
-    'if ((getline s < f) > 0) { split(s, a, " "); print $1, $19, a[1] } close(f) }'
-)
-
-
-def _runtimes(text: str) -> dict[int, tuple[int, int]]:
-    """'pid nice runtime' lines -> {pid: (nice, runtime_ns)}."""
-    out = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) == 3 and all(x.lstrip("-").isdigit() for x in f):
-            out[int(f[0])] = (int(f[1]), int(f[2]))
-    return out
-
-
-def _sections(stdout: str) -> dict[str, str]:
-    """Splits '== name' delimited output into sections."""
-    out: dict[str, list[str]] = {}
-    current = ""
-    for line in stdout.splitlines():
-        if line.startswith("== "):
-            current = line[3:].strip()
-            out.setdefault(current, [])
-        else:
-            out.setdefault(current, []).append(line)
-    return {k: "\n".join(v) for k, v in out.items()}
+HOG = "stress-ng --cpu-method int64 -t 15"  # -t: a backstop if a kill is ever missed
 
 
 def _all_sections(stdout: str) -> list[tuple[str, str]]:
-    """Like _sections, keeping repeated names in order."""
+    """'== name' delimited output -> [(name, text)], repeated names kept in order."""
     out: list[tuple[str, list[str]]] = []
     for line in stdout.splitlines():
         if line.startswith("== "):
@@ -71,14 +44,23 @@ def _all_sections(stdout: str) -> list[tuple[str, str]]:
     return [(k, "\n".join(v)) for k, v in out]
 
 
-def _pairs(text: str) -> dict[int, int]:
-    """'pid cpu' lines -> {pid: cpu}; other lines are ignored."""
+def _sections(stdout: str) -> dict[str, str]:
+    return dict(_all_sections(stdout))
+
+
+def _stat_cpus(text: str) -> dict[int, int]:
+    """/proc/<pid>/stat lines -> {pid: CPU it last ran on (field 39)}."""
     out = {}
     for line in text.splitlines():
-        f = line.split()
-        if len(f) == 2 and f[0].isdigit() and f[1].isdigit():
-            out[int(f[0])] = int(f[1])
+        if ")" in line:
+            pid, fields = parse_stat(line)
+            out[pid] = stat_field(fields, 39)
     return out
+
+
+def _runtimes(text: str) -> list[int]:
+    """/proc/<pid>/schedstat lines -> run times in ns, in the order read."""
+    return [int(line.split()[0]) for line in text.splitlines() if line.strip()]
 
 
 def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
@@ -96,24 +78,22 @@ def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
 def test_every_vcpu_runs_a_task(guest: GuestSession, cell: Cell) -> None:
     """N CPU-bound stress-ng workers on N vCPUs end up on N distinct CPUs, each CPU busy."""
     n = cell.smp
-    sample = stat_awk('$2 == "(stress-ng-cpu)" { print $1, $39 }')
-    script = f"""
-stress-ng --cpu {n} --cpu-method int64 -t 15 >/dev/null 2>&1 &
-sp=$!
-{wait_for_comm(n, "stress-ng-cpu")}
-sleep 0.2
+    script = f"""{SH_CHILDREN}
+{HOG} --cpu {n} >/dev/null 2>&1 & sp=$!
+w=$(kmx_wait_kids $sp {n}); stats=$(kmx_files stat "$w")
+sleep 0.3
 echo "== before"; grep '^cpu[0-9]' /proc/stat
-for i in 1 2 3 4 5; do sleep 0.2; echo "== sample"; {sample}; done
+for i in 1 2 3 4 5 6; do sleep 0.2; echo "== sample"; cat $stats; done
 echo "== after"; grep '^cpu[0-9]' /proc/stat
 kill $sp; wait
 """
     out = guest.run(script, timeout=30, check=True).stdout
     sec = _sections(out)
-    snapshots = [_pairs(v) for k, v in _all_sections(out) if k == "sample"]
+    snapshots = [_stat_cpus(v) for k, v in _all_sections(out) if k == "sample"]
     workers = {pid for snap in snapshots for pid in snap}
     assert len(workers) == n, f"saw {len(workers)} stress-ng CPU workers, started {n}: {out}"
-    # The observer's own cat and awk wake up on some CPU and can bump a worker for a
-    # moment, so N distinct CPUs are required in most snapshots, not in every one.
+    # The observer's own cat wakes up on some CPU and can bump a worker for a moment, so
+    # N distinct CPUs are required in most snapshots, not in every one.
     spread = [sorted(set(snap.values())) for snap in snapshots]
     distinct = sum(1 for cpus in spread if len(cpus) == n)
     assert distinct * 2 > len(snapshots), (
@@ -133,33 +113,36 @@ kill $sp; wait
 
 def test_nice_weights(guest: GuestSession, cell: Cell, record_property: Any) -> None:
     """Two hogs pinned to CPU 0 at nice 0 and nice 5 share it in the ratio 1024:335."""
-    # The sampler stays off CPU 0 when it can; autogroup is off for the window because it
+    # The observer stays off CPU 0 when it can; autogroup is off for the window because it
     # would give each session an equal share whatever the nice values.
     off_cpu0 = f"{TASKSET} -pc 1 $$ >/dev/null" if cell.smp > 1 else ":"
-    script = f"""
+    script = f"""{SH_CHILDREN}
 {off_cpu0}
 ag=$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)
 [ -n "$ag" ] && echo 0 > /proc/sys/kernel/sched_autogroup_enabled
-stress-ng --cpu 1 --cpu-method int64 --taskset 0 -t 15 >/dev/null 2>&1 & a=$!
-nice -n 5 stress-ng --cpu 1 --cpu-method int64 --taskset 0 -t 15 >/dev/null 2>&1 & b=$!
-{wait_for_comm(2, "stress-ng-cpu")}
+{HOG} --cpu 1 --taskset 0 >/dev/null 2>&1 & a=$!
+nice -n 5 {HOG} --cpu 1 --taskset 0 >/dev/null 2>&1 & b=$!
+w="$(kmx_wait_kids $a 1) $(kmx_wait_kids $b 1)"
+echo "== nice"; for p in $w; do echo "$p $(cut -d' ' -f19 /proc/$p/stat)"; done
+runs=$(kmx_files schedstat "$w")
 sleep 0.2
-for i in 0 1 2 3 4 5; do echo "== t$i"; {stat_awk(_RUNTIME_AWK)}; sleep 0.3; done
+for i in 0 1 2 3 4 5; do echo "== t$i"; cat $runs; sleep 0.3; done
 kill $a $b; wait
 [ -n "$ag" ] && echo "$ag" > /proc/sys/kernel/sched_autogroup_enabled
 """
-    snaps = [_runtimes(text) for _, text in _all_sections(guest.run(script, 30, True).stdout)]
-    nices = {nice for nice, _ in snaps[-1].values()}
-    assert nices == {0, 5}, f"expected one worker at nice 0 and one at nice 5: {snaps[-1]}"
+    sections = _all_sections(guest.run(script, timeout=30, check=True).stdout)
+    nices = [int(line.split()[1]) for line in sections[0][1].splitlines()]
+    assert nices == [0, 5], f"workers' nice values {nices}, expected [0, 5]"
+    snaps = [_runtimes(text) for _, text in sections[1:]]
     # Under TCG a vCPU descheduled on the host charges the whole gap to whichever task was
     # running, so one window can be skewed: the median of five short windows is judged.
     ratios, windows = [], []
     for s0, s1 in itertools.pairwise(snaps):
-        got = {s1[p][0]: s1[p][1] - s0[p][1] for p in s1 if p in s0}
-        if got.get(5):
-            ratios.append(got.get(0, 0) / got[5])
-            windows.append(f"{got.get(0, 0) / 1e6:.0f}/{got[5] / 1e6:.0f} ms")
-    assert ratios, f"the nice-5 worker got no CPU time at all: {snaps}"
+        d0, d5 = s1[0] - s0[0], s1[1] - s0[1]
+        windows.append(f"{d0 / 1e6:.0f}/{d5 / 1e6:.0f} ms")
+        if d5 > 0:
+            ratios.append(d0 / d5)
+    assert ratios, f"the nice-5 worker got no CPU time in any window: {windows}"
     ratio = statistics.median(ratios)
     want = WEIGHT_NICE0 / WEIGHT_NICE5
     record_property("metric.nice0_nice5_ratio", round(ratio, 3))
@@ -201,32 +184,28 @@ def test_fifo_preempts_normal(guest: GuestSession, cell: Cell) -> None:
     """A SCHED_FIFO hog on CPU 0 takes it from a SCHED_OTHER hog already running there."""
     if cell.smp < 2:
         pytest.skip(f"needs 2 vCPUs (one for the observer), the cell has {cell.smp}")
-    workers = stat_awk('$2 == "(stress-ng-cpu)" { print $1 }')
-    rt = 'rt() { read -r v rest < "/proc/$1/schedstat"; echo "$v $(cut -d" " -f1 /proc/uptime)"; }'
-    script = f"""
+    script = f"""{SH_CHILDREN}
 {TASKSET} -pc 1 $$ >/dev/null
-{rt}
-stress-ng --cpu 1 --cpu-method int64 --taskset 0 -t 15 >/dev/null 2>&1 & n=$!
-{wait_for_comm(1, "stress-ng-cpu")}
-w=$({workers} | head -n1)
+rt() {{ echo "$(cut -d' ' -f1 /proc/$1/schedstat) $(cut -d' ' -f1 /proc/uptime)"; }}
+{HOG} --cpu 1 --taskset 0 >/dev/null 2>&1 & n=$!
+w=$(kmx_wait_kids $n 1)
+sleep 0.2
 echo "== normal alone"; rt $w; sleep 0.6; rt $w
-chrt -f 50 stress-ng --cpu 1 --cpu-method int64 --taskset 0 -t 15 >/dev/null 2>&1 & f=$!
-{wait_for_comm(2, "stress-ng-cpu")}
+chrt -f 50 {HOG} --cpu 1 --taskset 0 >/dev/null 2>&1 & f=$!
+fw=$(kmx_wait_kids $f 1)
 echo "== with fifo"; rt $w; sleep 0.6; rt $w
-echo "== fifo policy"; for p in $({workers}); do chrt -p $p; done
+echo "== fifo policy"; chrt -p $fw
 # The FIFO worker first: its FIFO parent could not run on CPU 0 to pass on a SIGTERM.
-kill -9 $({workers}); kill $f $n; wait
+kill -9 $fw; kill $f $n; wait
 """
     sec = _sections(guest.run(script, timeout=30, check=True).stdout)
 
     def share(text: str) -> float:
-        (r0, u0), (r1, u1) = (
-            (int(a), float(b)) for a, b in (ln.split() for ln in text.split("\n"))
-        )
-        return (r1 - r0) / 1e9 / max(1e-3, u1 - u0)
+        (r0, u0), (r1, u1) = (ln.split() for ln in text.split("\n"))
+        return (int(r1) - int(r0)) / 1e9 / max(1e-3, float(u1) - float(u0))
 
     alone, with_fifo = share(sec["normal alone"]), share(sec["with fifo"])
-    assert "SCHED_FIFO" in sec["fifo policy"], f"no FIFO worker found: {sec['fifo policy']}"
+    assert "SCHED_FIFO" in sec["fifo policy"], f"the FIFO worker is not FIFO: {sec['fifo policy']}"
     assert alone >= 0.7, f"the normal hog alone got {alone:.0%} of CPU 0, expected >= 70%"
     # RT throttling (or 6.12's fair server) leaves SCHED_OTHER at most ~5% of the CPU.
     assert with_fifo <= 0.15, (
@@ -325,46 +304,43 @@ def test_cpu_hotplug(guest: GuestSession, cell: Cell, kernel: KernelArtifact) ->
     if cell.smp < 2:
         pytest.skip(f"needs 2 vCPUs to offline one, the cell has {cell.smp}")
     cpu = max(online_cpus(guest.read_file("/sys/devices/system/cpu/online")))
-    where = stat_awk('$2 == "(stress-ng-cpu)" { print $1, $39 }')
-    runtime = stat_awk(_RUNTIME_AWK)
-    script = f"""
-stress-ng --cpu 1 --cpu-method int64 --taskset {cpu} -t 15 >/dev/null 2>&1 & s=$!
-{wait_for_comm(1, "stress-ng-cpu")}
+    script = f"""{SH_CHILDREN}
+{HOG} --cpu 1 --taskset {cpu} >/dev/null 2>&1 & s=$!
+w=$(kmx_wait_kids $s 1)
 sleep 0.1
-echo "== before"; {where}
-echo 0 > /sys/devices/system/cpu/cpu{cpu}/online; echo "rc=$?"
+echo "== before"; cat /proc/$w/stat
+echo 0 > /sys/devices/system/cpu/cpu{cpu}/online
 echo "== online after offline"; cat /sys/devices/system/cpu/online
 sleep 0.2
-echo "== run0"; {runtime}
+echo "== run0"; cat /proc/$w/schedstat
 sleep 0.5
-echo "== run1"; {runtime}
-echo "== after"; {where}
+echo "== run1"; cat /proc/$w/schedstat
+echo "== after"; cat /proc/$w/stat
 kill $s; wait
-echo 1 > /sys/devices/system/cpu/cpu{cpu}/online; echo "rc=$?"
+echo 1 > /sys/devices/system/cpu/cpu{cpu}/online
 echo "== online after online"; cat /sys/devices/system/cpu/online
-echo "== pinned"; {TASKSET} -c {cpu} awk '{{ print $39 }}' /proc/self/stat
+echo "== pinned"; {TASKSET} -c {cpu} cat /proc/self/stat
 """
     try:
         out = guest.run(script, timeout=60).stdout
     finally:
         guest.run(f"echo 1 > /sys/devices/system/cpu/cpu{cpu}/online", timeout=30)
     sec = _sections(out)
-    before = _pairs(sec["before"])
-    assert cpu in before.values(), f"no worker ever ran on CPU {cpu} before: {before}"
+    before = _stat_cpus(sec["before"])
+    assert list(before.values()) == [cpu], f"the hog pinned to CPU {cpu} ran on {before}"
     assert cpu not in online_cpus(sec["online after offline"]), (
         f"CPU {cpu} still online after offlining it: {sec['online after offline']!r}"
     )
-    after = _pairs(sec["after"])
-    stuck = [pid for pid, c in after.items() if c == cpu]
-    assert not stuck, f"workers {stuck} still on offline CPU {cpu}: {after}"
-    r0, r1 = _runtimes(sec["run0"]), _runtimes(sec["run1"])
-    starved = [pid for pid in r1 if pid in r0 and r1[pid][1] <= r0[pid][1]]
-    assert r1 and not starved, f"workers that stopped running after the offline: {starved}"
+    after = _stat_cpus(sec["after"])
+    assert after and cpu not in after.values(), f"the hog is still on offline CPU {cpu}: {after}"
+    (r0,), (r1,) = _runtimes(sec["run0"]), _runtimes(sec["run1"])
+    assert r1 > r0, f"the hog stopped running after CPU {cpu} went offline ({r0} -> {r1} ns)"
     assert online_cpus(sec["online after online"]) == list(range(cell.smp)), (
         f"online CPUs after bringing {cpu} back: {sec['online after online']!r}"
     )
-    assert sec["pinned"].strip() == str(cpu), (
-        f"a task pinned to CPU {cpu} after re-onlining ran on {sec['pinned'].strip()!r}"
+    pinned = _stat_cpus(sec["pinned"])
+    assert list(pinned.values()) == [cpu], (
+        f"a task pinned to CPU {cpu} after re-onlining ran on {pinned}"
     )
 
 
@@ -378,15 +354,13 @@ def test_cgroup_cpu_max(guest: GuestSession, kernel: KernelArtifact) -> None:
     cg = "/sys/fs/cgroup/kmx-cpumax"
     period = 100000
     quota = int(CPU_MAX_QUOTA * period)
-    script = f"""
+    script = f"""{SH_CHILDREN}
 root=/sys/fs/cgroup
 grep -qw cpu $root/cgroup.subtree_control || echo +cpu > $root/cgroup.subtree_control
 mkdir -p {cg} && echo "{quota} {period}" > {cg}/cpu.max || exit 3
-sh -c 'echo $$ > {cg}/cgroup.procs; exec stress-ng --cpu 1 --cpu-method int64 -t 15' \
-    >/dev/null 2>&1 &
-s=$!
-u() {{ echo "$(awk '/^usage_usec/ {{ print $2 }}' {cg}/cpu.stat) $(cut -d' ' -f1 /proc/uptime)"; }}
-{wait_for_comm(1, "stress-ng-cpu")}
+sh -c 'echo $$ > {cg}/cgroup.procs; exec {HOG} --cpu 1' >/dev/null 2>&1 & s=$!
+u() {{ echo "$(grep usage_usec {cg}/cpu.stat | cut -d' ' -f2) $(cut -d' ' -f1 /proc/uptime)"; }}
+kmx_wait_kids $s 1 >/dev/null
 sleep 0.3
 echo "== u0"; u; sleep 1.2; echo "== u1"; u
 echo "== stat"; cat {cg}/cpu.stat

@@ -13,6 +13,8 @@ import pytest
 from kmatrix.guest import Guest
 from kmatrix.matrix import Cell, Matrix, load_matrix
 
+collect_ignore = ["data"]  # tests/data/faultcases are run by tests/test_faults.py, via the plugin
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 

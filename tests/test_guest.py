@@ -127,3 +127,38 @@ def test_declared_release_is_checked(cloud61: Cell, tmp_path: Path) -> None:
     g = Guest(replace(cloud61, kernel=spec), tmp_path / "cell", accel="tcg")
     with pytest.raises(ArtifactError, match=r"declares release '6\.1\.0-99-cloud-amd64'"):
         g.prepare()
+
+
+def test_build_tree_and_image_sources_boot(cloud61: Cell, tmp_path: Path) -> None:
+    """A kernel build tree (arch/x86/boot/bzImage + .config) and a bare image path with
+    modules and config both resolve and boot; the release comes from the image header."""
+    import shutil
+
+    from kmatrix.kernel import resolve
+
+    deb = resolve(cloud61.kernel)
+    assert deb.modules_dir is not None and deb.config_path is not None
+    tree = tmp_path / "linux"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    shutil.copyfile(deb.image, tree / "arch/x86/boot/bzImage")
+    shutil.copyfile(deb.config_path, tree / ".config")
+    tree_spec = replace(
+        cloud61.kernel, source="tree", location=str(tree), modules=deb.modules_dir, release=None
+    )
+    image_spec = replace(
+        cloud61.kernel,
+        source="image",
+        location=str(deb.image),
+        modules=deb.modules_dir.parent,
+        config=deb.config_path,
+        release=None,
+    )
+    for spec in (tree_spec, image_spec):
+        g = Guest(replace(cloud61, kernel=spec), tmp_path / spec.source, accel="tcg")
+        g.start()
+        try:
+            assert g.session is not None
+            assert g.session.run("uname -r").stdout.strip() == "6.1.0-57-cloud-amd64"
+            assert g.record.channel == "virtio"  # modules found: virtio_console loaded
+        finally:
+            g.stop()

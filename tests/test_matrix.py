@@ -173,3 +173,49 @@ def test_pci_ids_accept_int_and_string(tmp_path: Path) -> None:
     m = load_matrix(write(tmp_path, text))
     pci = m.cells[0].device.expect_pci[0]
     assert (pci.vendor, pci.device, pci.driver) == ("1af4", "1044", "virtio-pci")
+
+
+HOTPLUG = """
+kernels:
+  - name: k1
+    image: bzImage
+cpus: [Nehalem]
+defaults: {memory: 1024}
+devices:
+  - name: hp
+    devices: [{driver: virtio-rng-pci, id: rng0}]
+    scratch_disk: {id: disk0, size: 16}
+    hotplug: [rng0]
+    memory_hotplug: {slots: 2, maxmem: 2048}
+"""
+
+
+def test_hotplug_and_scratch_disk_fields(tmp_path: Path) -> None:
+    dev = load_matrix(write(tmp_path, HOTPLUG)).cells[0].device
+    assert dev.scratch_disk is not None
+    assert (dev.scratch_disk.id, dev.scratch_disk.size) == ("disk0", 16)
+    assert dev.scratch_disk.driver == "virtio-blk-pci"
+    assert dev.hotplug == ("rng0",)
+    assert dev.memory_hotplug is not None
+    assert (dev.memory_hotplug.slots, dev.memory_hotplug.maxmem) == (2, 2048)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "message"),
+    [
+        ("maxmem: 2048", "maxmem: 1024", 11, "memory_hotplug.maxmem", "leaves no room"),
+        ("slots: 2", "slots: 0", 11, "devices[0].memory_hotplug.slots", "out of range"),
+        ("slots: 2,", "slot: 2,", 11, "devices[0].memory_hotplug.slot", "unknown key"),
+        ("hotplug: [rng0]", "hotplug: [gpu0]", 10, "devices[0].hotplug[0]", "not the id"),
+        ("size: 16", "size: 0", 9, "devices[0].scratch_disk.size", "out of range"),
+        ("id: disk0", "id: rng0", 9, "devices[0].scratch_disk.id", "duplicate name"),
+    ],
+)
+def test_hotplug_field_errors(
+    tmp_path: Path, old: str, new: str, line: int, key: str, message: str
+) -> None:
+    path = write(tmp_path, HOTPLUG.replace(old, new))
+    with pytest.raises(MatrixError) as e:
+        load_matrix(path)
+    assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
+    assert message in e.value.message, str(e.value)

@@ -144,3 +144,24 @@ def test_unbootable_cell_fails_others_pass(tmp_path: Path) -> None:
     root = ET.parse(junit).getroot()
     failure = next(f for f in root.iter("failure"))
     assert "Kernel panic - not syncing" in (failure.text or "") + (failure.get("message") or "")
+
+
+def test_qemu_start_failure_is_an_error_retried_and_recorded(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-device.yaml"
+    bad.write_text(
+        TWO.read_text().replace(
+            "  - ../../../matrix/devices/virtio.yaml",
+            "  - {name: broken, devices: [{driver: no-such-device}]}",
+        )
+    )
+    p, reports, junit = run_pytest(tmp_path, "-k", "6.12 and (release or cpus)", matrix=bad)
+    assert p.returncode == 1, p.stdout[-3000:]
+    res = outcomes(junit)
+    assert set(res.values()) == {"error"}, res
+    text = ET.parse(junit).getroot().find(".//error")
+    assert text is not None
+    assert "'no-such-device' is not a valid device model name" in (text.text or "")
+    record = json.loads(
+        (reports / "cells" / "deb-6.12-cloud__Haswell__broken" / "boot.json").read_text()
+    )
+    assert len(record["attempts"]) == 2, record

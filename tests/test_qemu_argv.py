@@ -5,12 +5,13 @@ Regenerate after an intended change with KMATRIX_REGEN_REFS=1 and review the dif
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from kmatrix.matrix import Cell, load_matrix
+from kmatrix.matrix import Cell, load_matrix, load_profile
 from kmatrix.qemu_argv import BootPaths, build_argv, kernel_cmdline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ PATHS = BootPaths(
     qmp_socket=Path("/tmp/kmx-run/qmp.sock"),
     agent_socket=Path("/tmp/kmx-run/agent.sock"),
     console_socket=Path("/tmp/kmx-run/console.sock"),
+    scratch_disk=Path("/tmp/kmx-run/disk0.img"),
 )
 
 
@@ -59,6 +61,26 @@ def test_argv_matches_reference(name: str) -> None:
     assert text == ref.read_text()
 
 
+def test_memory_hotplug_argv_matches_reference() -> None:
+    """-m gains slots and maxmem; the scratch disk becomes a -blockdev and its device."""
+    profile = load_profile(ROOT / "matrix" / "devices" / "virtio-memhp.yaml")
+    cell = dataclasses.replace(_cell("deb-6.12-cloud/Haswell/virtio"), device=profile)
+    argv = build_argv(cell, PATHS, "tcg", "virtio")
+    assert argv[argv.index("-m") + 1] == "1024M,slots=2,maxmem=4096M"
+    text = render(argv)
+    ref = REFS / "virtio-memhp-tcg.txt"
+    if os.environ.get("KMATRIX_REGEN_REFS"):
+        ref.write_text(text)
+    assert text == ref.read_text()
+
+
+def test_scratch_disk_needs_a_file() -> None:
+    cell = _cell("deb-6.12-cloud/Haswell/virtio")
+    assert cell.device.scratch_disk is not None
+    with pytest.raises(ValueError, match="scratch disk"):
+        build_argv(cell, dataclasses.replace(PATHS, scratch_disk=None), "tcg", "virtio")
+
+
 def test_argv_is_pure() -> None:
     cell = _cell("deb-6.12-cloud/Haswell/virtio")
     assert build_argv(cell, PATHS, "tcg", "virtio") == build_argv(cell, PATHS, "tcg", "virtio")
@@ -67,7 +89,7 @@ def test_argv_is_pure() -> None:
 def test_console_log_file_without_socket() -> None:
     cell = _cell("deb-6.12-cloud/Haswell/virtio")
     plain = BootPaths(PATHS.kernel, PATHS.initrd, PATHS.console_log, PATHS.qmp_socket,
-                      PATHS.agent_socket)  # fmt: skip
+                      PATHS.agent_socket, scratch_disk=PATHS.scratch_disk)  # fmt: skip
     argv = build_argv(cell, plain, "tcg", "virtio", sandbox=False)
     assert "file,id=con,path=/reports/cells/x/console.log" in argv
     assert "-sandbox" not in argv

@@ -1,0 +1,808 @@
+#!/usr/bin/env python3
+"""kmatrix boot-speed benchmark: the floor (raw QEMU), kmatrix and virtme-ng, side by side.
+
+    .venv/bin/python benchmarks/run.py                 # every section, 5 repetitions
+    .venv/bin/python benchmarks/run.py --reps 3 --sections floor,pvh --json /tmp/b.json
+
+Everything runs sequentially in one process on the same kernels and guest image
+(benchmarks/matrix.yaml), the compared variants interleaved repetition by repetition, so
+machine noise (other QEMUs, compilers) spreads over all of them alike; the report gives
+medians, the spread and ratios, and the load average seen during each section.
+
+Sections:
+  floor     raw qemu-system-x86_64 boots the kernel + the kmatrix initramfs to a guest command
+            (uname -r) and poweroff: a minimal argv, and kmatrix's own argv; against them the
+            kmatrix library (Guest: boot, command, poweroff) and pytest (time to the first boot
+            result, to the guest command's result, to the end of the process), with the boot
+            taken apart (QEMU start, kernel to init, init to agent, command, poweroff)
+  cell      one whole cell with every suite (pytest testcases -k CELL), time per suite
+  vng       virtme-ng (benchmarks/.venv, `vng --run KERNEL --exec 'uname -r'`) on the same kernel
+  pvh       bzImage vs the extracted PVH vmlinux, every kernel of the benchmark matrix
+  initrd    the initramfs uncompressed vs gzip vs zstd
+  xdist     the default matrix's boot suite with -n 1 and -n 2
+  snapshot  restoring a migration snapshot of a booted guest vs booting it again
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kmatrix.guest import Guest  # noqa: E402
+from kmatrix.kernel import KernelArtifact  # noqa: E402
+from kmatrix.machine import Machine, private_rundir, sandbox_supported  # noqa: E402
+from kmatrix.matrix import Cell, load_matrix  # noqa: E402
+from kmatrix.qemu_argv import QEMU_BINARY, BootPaths, build_argv  # noqa: E402
+from kmatrix.session import GuestSession  # noqa: E402
+
+MATRIX = ROOT / "benchmarks" / "matrix.yaml"
+DEFAULT_MATRIX = ROOT / "matrix" / "default.yaml"
+VNG_VENV = ROOT / "benchmarks" / ".venv"
+PY = sys.executable
+SECTIONS = ("floor", "cell", "vng", "pvh", "initrd", "xdist", "snapshot")
+FLOOR_KERNELS = ("deb-6.1-cloud", "deb-6.12-generic")  # cheap cloud; generic = vng's kernel
+TARGET_FLOOR = 1.15
+TARGET_VNG = 0.25
+TARGET_XDIST = 1.8
+BENCH_INIT = """#!/bin/sh
+mount -t proc proc /proc
+echo "bench: $(uname -r) up $(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
+"""
+
+# --- bookkeeping ------------------------------------------------------------------------------
+
+
+class Samples:
+    def __init__(self) -> None:
+        self.data: dict[str, list[float]] = {}
+        self.notes: dict[str, str] = {}
+        self.loads: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float | None) -> None:
+        if value is not None:
+            self.data.setdefault(key, []).append(float(value))
+
+    def med(self, key: str) -> float | None:
+        xs = self.data.get(key)
+        return statistics.median(xs) if xs else None
+
+    def load(self, section: str) -> None:
+        self.loads.setdefault(section, []).append(os.getloadavg()[0])
+
+
+S = Samples()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
+
+
+def other_qemus() -> int:
+    n = 0
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (p / "comm").read_text().startswith("qemu-system"):
+                    n += 1
+    return n
+
+
+def fmt(x: float | None, unit: str = "s") -> str:
+    return "n/a" if x is None else f"{x:.2f}{unit}"
+
+
+def spread(key: str) -> str:
+    xs = S.data.get(key)
+    if not xs:
+        return "n/a"
+    return f"{statistics.median(xs):6.2f}s  [{min(xs):.2f}-{max(xs):.2f}] n={len(xs)}"
+
+
+def ratio(a: str, b: str) -> float | None:
+    x, y = S.med(a), S.med(b)
+    return None if x is None or y is None or y == 0 else x / y
+
+
+# --- artefacts --------------------------------------------------------------------------------
+
+
+class Prepared:
+    def __init__(self, cell: Cell, kernel: KernelArtifact, initrd: Path, channel: str) -> None:
+        self.cell, self.kernel, self.initrd, self.channel = cell, kernel, initrd, channel
+
+
+def prepare(cell: Cell, work: Path) -> Prepared:
+    g = Guest(cell, work / "prep" / cell.slug, accel="tcg")
+    g.prepare()
+    assert g.kernel is not None and g.initrd is not None
+    return Prepared(cell, g.kernel, g.initrd, g.record.channel)
+
+
+def floor_initrd(base: Path, work: Path, compress: str | None = None) -> Path:
+    """The kmatrix image with a second cpio appended holding /bench-init (the kernel unpacks
+    concatenated archives in order), optionally compressed as a whole."""
+    out = work / f"floor-{base.stem}.cpio"
+    if not out.exists():
+        extra = work / "bench-init-root"
+        extra.mkdir(exist_ok=True)
+        (extra / "bench-init").write_text(BENCH_INIT)
+        (extra / "bench-init").chmod(0o755)
+        arch = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--owner", "0:0", "--quiet"],
+            input=b"bench-init\n", cwd=extra, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        out.write_bytes(base.read_bytes() + arch)
+    if compress is None:
+        return out
+    dest = out.with_suffix(f".cpio.{compress}")
+    if not dest.exists():
+        tool = {"gz": ["gzip", "-6", "-c"], "zst": ["zstd", "-3", "-q", "-c"]}[compress]
+        with dest.open("wb") as f:
+            subprocess.run([*tool, str(out)], stdout=f, check=True)
+    return dest
+
+
+def floor_argv_min(cell: Cell, kernel: Path, initrd: Path, console: Path) -> list[str]:
+    return [
+        QEMU_BINARY, "-machine", cell.device.machine, "-accel", "tcg,thread=single",
+        "-cpu", cell.cpu.model, "-smp", str(cell.smp), "-m", f"{cell.memory}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", "console=ttyS0 quiet panic=-1 rdinit=/bench-init",
+        "-serial", f"file:{console}",
+    ]  # fmt: skip
+
+
+def kmx_paths(p: Prepared, rundir: Path, initrd: Path | None = None) -> BootPaths:
+    disk = None
+    if p.cell.device.scratch_disk is not None:
+        disk = rundir / "disk.img"
+        with disk.open("wb") as f:
+            f.truncate(p.cell.device.scratch_disk.size << 20)
+    return BootPaths(
+        kernel=p.kernel.boot_image,
+        initrd=initrd or p.initrd,
+        console_log=rundir / "console.log",
+        qmp_socket=rundir / "qmp.sock",
+        agent_socket=rundir / "agent.sock",
+        console_socket=None,
+        scratch_disk=disk,
+    )
+
+
+def floor_argv_kmx(p: Prepared, initrd: Path, rundir: Path) -> list[str]:
+    """kmatrix's own argv for the cell (devices, QMP, agent channel, sandbox), init swapped."""
+    argv = build_argv(
+        p.cell, kmx_paths(p, rundir, initrd), "tcg", p.channel, sandbox=sandbox_supported()
+    )
+    i = argv.index("-append")
+    argv[i + 1] = argv[i + 1].replace("rdinit=/init", "rdinit=/bench-init")
+    return argv
+
+
+def run_floor(argv: list[str], console: Path, release: str, timeout: float = 180) -> float:
+    console.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    wall = time.monotonic() - t0
+    text = console.read_text(errors="replace") if console.exists() else ""
+    if p.returncode != 0 or f"bench: {release}" not in text:
+        raise RuntimeError(
+            f"floor boot failed (exit {p.returncode}): {p.stderr[-500:]}{text[-800:]}"
+        )
+    return wall
+
+
+# --- kmatrix ----------------------------------------------------------------------------------
+
+_INIT_UP = re.compile(r"kmatrix: userspace reached at ([0-9.]+)s")
+
+
+def run_guest_api(p: Prepared, work: Path) -> dict[str, float]:
+    """The library without pytest: boot, one command, poweroff, with the boot taken apart."""
+    out = work / "api" / p.cell.slug
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.monotonic()
+    g = Guest(p.cell, out, accel="tcg")
+    g.prepare()
+    t1 = time.monotonic()
+    try:
+        g.start()
+        t2 = time.monotonic()
+        assert g.session is not None
+        r = g.session.run("uname -r", timeout=60, check=True)
+        assert r.stdout.strip() == p.kernel.release, r.stdout
+        t3 = time.monotonic()
+        clean = g.poweroff(timeout=60)
+        t4 = time.monotonic()
+    finally:
+        g.stop(collect=False)
+    if not clean:
+        raise RuntimeError(f"{p.cell.id}: poweroff was not clean")
+    rec = g.record
+    assert rec.boot_seconds is not None and rec.userspace_uptime is not None
+    m = _INIT_UP.search(g.console_log.read_text(errors="replace"))
+    init_up = float(m.group(1)) if m else None
+    res = {
+        "prepare": t1 - t0,
+        "start": t2 - t1,
+        "launch": (t2 - t1) - rec.boot_seconds,  # QEMU start, QMP, console attach, cont
+        "boot_seconds": rec.boot_seconds,  # cont -> agent hello
+        "agent_uptime": rec.userspace_uptime,
+        "command": t3 - t2,
+        "poweroff": t4 - t3,
+        "total": t4 - t0,
+        "boot_cmd_off": t4 - t1,  # what the floor measures: start, command, poweroff
+    }
+    if init_up is not None:
+        res["init_uptime"] = init_up
+        res["init_to_agent"] = rec.userspace_uptime - init_up
+    # Before the guest clock starts: firmware, loading the kernel and initramfs.
+    res["pre_kernel"] = rec.boot_seconds - rec.userspace_uptime
+    return res
+
+
+def timed_process(argv: Sequence[str], marks: dict[str, str], timeout: float = 1800,
+                  env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[dict[str, float], str, int]:  # fmt: skip
+    """Runs argv, timestamping (from spawn) the first appearance of each mark in its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    seen: dict[str, float] = {}
+    buf = bytearray()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return
+            now = time.monotonic() - t0
+            buf.extend(chunk)
+            text = buf.decode(errors="replace")
+            for name, pat in marks.items():
+                if name not in seen and re.search(pat, text):
+                    seen[name] = now
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    th.join(10)
+    seen["exit"] = time.monotonic() - t0
+    return seen, buf.decode(errors="replace"), rc
+
+
+def pytest_argv(matrix: Path, reports: Path, *args: str) -> list[str]:
+    return [
+        PY, "-m", "pytest", "-p", "kmatrix", f"--kmatrix-matrix={matrix}",
+        f"--kmatrix-reports={reports}", "-p", "no:cacheprovider", *args,
+    ]  # fmt: skip
+
+
+def run_pytest_cell(p: Prepared, work: Path) -> dict[str, float]:
+    """pytest on one cell: boot result, the guest command's result, poweroff, process end."""
+    reports = work / "pytest-one"
+    shutil.rmtree(reports, ignore_errors=True)
+    cid = p.cell.id
+    marks = {
+        "booting": rf"kmatrix: {re.escape(cid)}: booting",
+        "booted": rf"kmatrix: {re.escape(cid)}: booted in",
+        "first_result": r"test_userspace_reached\[[^\]]*\] (PASSED|FAILED|ERROR)",
+        "command_result": r"test_release_matches_artifact\[[^\]]*\] (PASSED|FAILED|ERROR)",
+        "cell_done": rf"kmatrix: {re.escape(cid)}: done in",
+    }
+    argv = pytest_argv(
+        MATRIX, reports, str(ROOT / "testcases" / "test_boot.py"), "-v",
+        "--kmatrix-progress=plain", "-k", f"{cid} and (userspace or release or poweroff)",
+    )  # fmt: skip
+    seen, out, rc = timed_process(argv, marks)
+    if rc != 0 or "3 passed" not in out:
+        raise RuntimeError(f"pytest on {cid} failed (exit {rc}):\n{out[-3000:]}")
+    return seen
+
+
+def suite_split(results: Path) -> dict[str, float]:
+    doc = json.loads(results.read_text())
+    out: dict[str, float] = {}
+    for r in doc["results"]:
+        mod = r["nodeid"].split("::", 1)[0].rsplit("/", 1)[-1]
+        out[mod] = out.get(mod, 0.0) + float(r["duration"])
+    return out
+
+
+def run_whole_cell(p: Prepared, work: Path) -> tuple[float, dict[str, float], dict[str, int]]:
+    reports = work / "pytest-cell"
+    shutil.rmtree(reports, ignore_errors=True)
+    argv = pytest_argv(MATRIX, reports, str(ROOT / "testcases"), "-q", "-k", p.cell.id)
+    seen, out, rc = timed_process(argv, {})
+    doc = json.loads((reports / "results.json").read_text())
+    counts: dict[str, int] = {}
+    for r in doc["results"]:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    if rc not in (0, 1):
+        raise RuntimeError(f"whole cell {p.cell.id}: exit {rc}\n{out[-3000:]}")
+    return seen["exit"], suite_split(reports / "results.json"), counts
+
+
+# --- virtme-ng --------------------------------------------------------------------------------
+
+
+def vng_reason(p: Prepared) -> str | None:
+    """Why virtme-ng cannot boot this kernel here, or None."""
+    if not (VNG_VENV / "bin" / "vng").exists():
+        return f"virtme-ng is not installed in {VNG_VENV} (run with --install-vng)"
+    if not p.kernel.has("NET_9P") and not p.kernel.has("9P_FS"):
+        return (
+            "this kernel has no 9p (CONFIG_NET_9P is not set), and virtme-ng's virtiofs root "
+            "needs the Rust virtiofsd: Debian 12 only has QEMU 7.2's C virtiofsd "
+            "(/usr/lib/qemu/virtiofsd), which rejects virtme-ng's options, so the guest "
+            "cannot mount its root"
+        )
+    return None
+
+
+def run_vng(p: Prepared, verbose: bool = False) -> tuple[float, str]:
+    env = {"PATH": f"{VNG_VENV / 'bin'}:{os.environ['PATH']}"}
+    argv = [str(VNG_VENV / "bin" / "vng"), "--disable-kvm", "--run", str(p.kernel.image)]
+    argv += ["--exec", "uname -r"] + (["-v"] if verbose else [])
+    seen, out, rc = timed_process(argv, {}, timeout=300, env=env, cwd=Path("/tmp"))
+    if rc != 0 or p.kernel.release not in out:
+        raise RuntimeError(f"vng failed (exit {rc}):\n{out[-2000:]}")
+    return seen["exit"], out
+
+
+_VNG_STEP = re.compile(r"\[\s*([0-9.]+)\] (virtme[-\w]*(?: initramfs)?:? .*)")
+
+
+def vng_steps(out: str) -> list[tuple[float, str]]:
+    return [(float(m.group(1)), m.group(2).strip()) for m in _VNG_STEP.finditer(out)]
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+
+def run_snapshot(p: Prepared, work: Path) -> dict[str, float]:
+    """Boots the cell, saves it with QMP migrate to a file, then restores it in a new QEMU
+    (-incoming) and runs a command: that against a fresh boot plus the same command."""
+    snap = work / "snapshot.mig"
+    rundir = private_rundir("kmxb-")
+    # exec: migration spawns a shell, which kmatrix's seccomp sandbox (spawn=deny) forbids.
+    argv = build_argv(p.cell, kmx_paths(p, rundir), "tcg", p.channel, sandbox=False)
+    keep = rundir.parent / (rundir.name + "-disk")
+    res: dict[str, float] = {}
+    m = Machine(argv, rundir, work / "snap-qemu.log", "snap")
+    t0 = time.monotonic()
+    m.launch()
+    try:
+        s = GuestSession.connect(rundir / "agent.sock", 10, m.is_running, "snap", None)
+        s.wait_ready(180)
+        s.run("uname -r", timeout=60, check=True)
+        res["boot_and_command"] = time.monotonic() - t0
+        assert m.qmp is not None
+        t1 = time.monotonic()
+        m.qmp.cmd("stop")
+        m.qmp.cmd("migrate", uri=f"exec:cat > {snap}")
+        while True:
+            st = m.qmp.cmd("query-migrate")
+            if st.get("status") in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.02)
+        if st.get("status") != "completed":
+            raise RuntimeError(f"migration {st}")
+        res["save"] = time.monotonic() - t1
+        res["snapshot_mib"] = snap.stat().st_size / 2**20
+        s.close()
+        # The restored guest needs the same disk file; the rundir goes with the machine.
+        if (rundir / "disk.img").exists():
+            shutil.copy(rundir / "disk.img", keep)
+    finally:
+        m.shutdown()
+    for _ in range(3):
+        rundir2 = private_rundir("kmxb-")
+        if keep.exists():
+            shutil.copy(keep, rundir2 / "disk.img")
+        argv2 = [a.replace(str(rundir), str(rundir2)) for a in argv] + [
+            "-incoming",
+            f"exec:cat {snap}",
+        ]
+        m2 = Machine(argv2, rundir2, work / "restore-qemu.log", "restore")
+        t2 = time.monotonic()
+        m2.launch(timeout=60)
+        try:
+            s2 = GuestSession.connect(rundir2 / "agent.sock", 10, m2.is_running, "restore", None)
+            r = s2.run("uname -r", timeout=60, check=True)
+            assert r.stdout.strip() == p.kernel.release
+            S.add("snapshot.restore_and_command", time.monotonic() - t2)
+            s2.close()
+        finally:
+            m2.shutdown()
+    keep.unlink(missing_ok=True)
+    return res
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def section_floor(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    for name in FLOOR_KERNELS:
+        p = preps[name]
+        k = f"floor.{name}"
+        initrd = floor_initrd(p.initrd, work)
+        console = work / "floor-console.log"
+        log(
+            f"floor: {p.cell.id} ({p.kernel.boot_image.name}, initrd {initrd.stat().st_size >> 20} MiB)"
+        )
+        for i in range(reps):
+            S.load("floor")
+            S.add("other_qemus", other_qemus())
+            S.add(
+                f"{k}.raw_min",
+                run_floor(
+                    floor_argv_min(p.cell, p.kernel.boot_image, initrd, console),
+                    console,
+                    p.kernel.release,
+                ),
+            )
+            rundir = private_rundir("kmxb-")
+            try:
+                S.add(
+                    f"{k}.raw_kmx_argv",
+                    run_floor(
+                        floor_argv_kmx(p, initrd, rundir), rundir / "console.log", p.kernel.release
+                    ),
+                )
+            finally:
+                shutil.rmtree(rundir, ignore_errors=True)
+            api = run_guest_api(p, work)
+            for key, v in api.items():
+                S.add(f"{k}.api.{key}", v)
+            seen = run_pytest_cell(p, work)
+            for key, v in seen.items():
+                S.add(f"{k}.pytest.{key}", v)
+            log(
+                f"  rep {i + 1}: raw {S.data[f'{k}.raw_min'][-1]:.2f}s, kmx argv "
+                f"{S.data[f'{k}.raw_kmx_argv'][-1]:.2f}s, api {api['boot_cmd_off']:.2f}s, "
+                f"pytest first result {seen.get('first_result', -1):.2f}s exit {seen['exit']:.2f}s"
+            )  # fmt: skip
+
+
+def section_cell(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    for name in FLOOR_KERNELS:
+        p = preps[name]
+        for _ in range(reps):
+            S.load("cell")
+            wall, split, counts = run_whole_cell(p, work)
+            S.add(f"cell.{name}.wall", wall)
+            for mod, v in split.items():
+                S.add(f"cell.{name}.suite.{mod}", v)
+            S.notes[f"cell.{name}.outcomes"] = json.dumps(counts)
+            log(f"cell {p.cell.id}: {wall:.1f}s {counts}")
+
+
+def section_vng(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    for name in FLOOR_KERNELS:
+        p = preps[name]
+        why = vng_reason(p)
+        if why:
+            S.notes[f"vng.{name}"] = why
+            log(f"vng {name}: cannot run: {why}")
+            continue
+        for i in range(reps):
+            S.load("vng")
+            wall, _ = run_vng(p)
+            S.add(f"vng.{name}", wall)
+            log(f"vng {name} rep {i + 1}: {wall:.1f}s")
+        _, out = run_vng(p, verbose=True)
+        S.notes[f"vng.{name}.steps"] = json.dumps(vng_steps(out))
+
+
+def section_pvh(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    console = work / "pvh-console.log"
+    for name, p in preps.items():
+        initrd = floor_initrd(p.initrd, work)
+        if p.kernel.boot_image == p.kernel.image:
+            S.notes[f"pvh.{name}"] = "no PVH vmlinux (booted as bzImage)"
+        for _ in range(reps):
+            S.load("pvh")
+            for label, img in (("bzimage", p.kernel.image), ("pvh", p.kernel.boot_image)):
+                S.add(
+                    f"pvh.{name}.{label}",
+                    run_floor(
+                        floor_argv_min(p.cell, img, initrd, console), console, p.kernel.release
+                    ),
+                )
+        log(
+            f"pvh {name}: bzImage {fmt(S.med(f'pvh.{name}.bzimage'))} vmlinux {fmt(S.med(f'pvh.{name}.pvh'))}"
+        )
+
+
+def section_initrd(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    p = preps["deb-6.1-cloud"]
+    console = work / "initrd-console.log"
+    variants = {"none": floor_initrd(p.initrd, work), "gzip": floor_initrd(p.initrd, work, "gz"),
+                "zstd": floor_initrd(p.initrd, work, "zst")}  # fmt: skip
+    for label, path in variants.items():
+        S.notes[f"initrd.{label}.mib"] = f"{path.stat().st_size / 2**20:.1f}"
+    for _ in range(reps):
+        S.load("initrd")
+        for label, path in variants.items():
+            S.add(
+                f"initrd.{label}",
+                run_floor(
+                    floor_argv_min(p.cell, p.kernel.boot_image, path, console),
+                    console,
+                    p.kernel.release,
+                ),
+            )
+    log("initrd: " + ", ".join(f"{k} {fmt(S.med(f'initrd.{k}'))}" for k in variants))
+
+
+def section_xdist(work: Path, reps: int) -> None:
+    accel_cache = Path.home() / ".cache" / "kmatrix" / "accel"
+    S.notes["xdist.accel_cache"] = (
+        "; ".join(f.read_text() for f in sorted(accel_cache.glob("*.json")))
+        or "none (the first run pays the KVM probe boot, up to 20 s)"
+    )
+    for i in range(reps):
+        for n in ("1", "2"):
+            S.load("xdist")
+            reports = work / f"xdist-{n}"
+            shutil.rmtree(reports, ignore_errors=True)
+            argv = pytest_argv(
+                DEFAULT_MATRIX, reports, str(ROOT / "testcases"), "-q", "-k", "boot", "-n", n
+            )
+            seen, out, rc = timed_process(argv, {})
+            if rc not in (0, 1):
+                raise RuntimeError(f"-n {n}: exit {rc}\n{out[-3000:]}")
+            S.add(f"xdist.n{n}", seen["exit"])
+            doc = json.loads((reports / "results.json").read_text())
+            boots = [
+                c["boot"]["boot_seconds"]
+                for c in doc["cells"]
+                if c.get("boot", {}).get("boot_seconds")
+            ]
+            S.add(f"xdist.n{n}.boot_mean", statistics.mean(boots) if boots else None)
+            S.notes[f"xdist.n{n}.cells"] = str(len(doc["cells"]))
+            log(
+                f"xdist rep {i + 1} -n {n}: {seen['exit']:.1f}s ({len(doc['cells'])} cells, mean boot {statistics.mean(boots):.2f}s)"
+            )
+
+
+def section_snapshot(preps: dict[str, Prepared], work: Path, reps: int) -> None:
+    p = preps["deb-6.1-cloud"]
+    S.load("snapshot")
+    res = run_snapshot(p, work)
+    for k, v in res.items():
+        S.add(f"snapshot.{k}", v)
+    for _ in range(3):
+        api = run_guest_api(p, work)
+        S.add("snapshot.reboot_and_command", api["start"] + api["command"])
+    log(f"snapshot: {res}; restore {spread('snapshot.restore_and_command')}")
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "MISSED"
+
+
+def report(sections: Sequence[str], reps: int, started: float) -> str:
+    out: list[str] = []
+    w = out.append
+    loads = {k: f"{statistics.median(v):.1f} (max {max(v):.1f})" for k, v in S.loads.items()}
+    w(
+        f"kmatrix benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, TCG, {reps} repetitions, medians [min-max]"
+    )
+    w(
+        f"load average (1 min) per section: {loads}; other QEMUs running at samples: median {fmt(S.med('other_qemus'), '')}"
+    )
+    if "floor" in sections:
+        for name in FLOOR_KERNELS:
+            k = f"floor.{name}"
+            w("")
+            w(f"== {name}: boot to `uname -r` and poweroff ==")
+            w(f"  floor: raw QEMU, minimal argv           {spread(k + '.raw_min')}")
+            w(f"  floor: raw QEMU, kmatrix's argv         {spread(k + '.raw_kmx_argv')}")
+            w(f"  kmatrix library (Guest, no pytest)      {spread(k + '.api.boot_cmd_off')}")
+            w(f"  pytest: first boot result from spawn    {spread(k + '.pytest.first_result')}")
+            w(f"  pytest: `uname -r` test result          {spread(k + '.pytest.command_result')}")
+            w(f"  pytest: cell done (poweroff)            {spread(k + '.pytest.cell_done')}")
+            w(f"  pytest: process exit (+ reports)        {spread(k + '.pytest.exit')}")
+            w("  where kmatrix's time goes (medians):")
+            w(f"    pytest start-up and collection       {fmt(S.med(k + '.pytest.booting'))}")
+            w(f"    QEMU start, QMP, console attach      {fmt(S.med(k + '.api.launch'))}")
+            w(f"    before the guest clock (fw, load)    {fmt(S.med(k + '.api.pre_kernel'))}")
+            w(f"    kernel start to /init (guest uptime) {fmt(S.med(k + '.api.init_uptime'))}")
+            w(f"    /init to agent hello (modules)       {fmt(S.med(k + '.api.init_to_agent'))}")
+            w(f"    `uname -r` over the agent            {fmt(S.med(k + '.api.command'))}")
+            w(f"    poweroff                             {fmt(S.med(k + '.api.poweroff'))}")
+            r1 = ratio(k + ".pytest.first_result", k + ".raw_min")
+            r2 = ratio(k + ".api.boot_cmd_off", k + ".raw_min")
+            r3 = ratio(k + ".pytest.cell_done", k + ".raw_min")
+            r4 = ratio(k + ".raw_kmx_argv", k + ".raw_min")
+            w(
+                f"  ratio first boot result / floor        {fmt(r1, 'x')}  target <= {TARGET_FLOOR}x: {verdict(r1, TARGET_FLOOR)}"
+            )
+            w(f"  ratio library boot+cmd+off / floor     {fmt(r2, 'x')}")
+            w(f"  ratio pytest cell done / floor         {fmt(r3, 'x')}")
+            w(f"  ratio kmatrix argv / minimal argv      {fmt(r4, 'x')}")
+    if "vng" in sections:
+        w("")
+        w("== virtme-ng: `vng --disable-kvm --run KERNEL --exec 'uname -r'` ==")
+        for name in FLOOR_KERNELS:
+            k = f"vng.{name}"
+            if k in S.notes:
+                w(f"  {name}: cannot run here: {S.notes[k]}")
+                continue
+            w(f"  {name}: vng                          {spread(k)}")
+            for label, key in (("pytest first boot result", f"floor.{name}.pytest.first_result"),
+                               ("pytest cell done", f"floor.{name}.pytest.cell_done"),
+                               ("pytest process exit", f"floor.{name}.pytest.exit")):  # fmt: skip
+                r = ratio(key, k)
+                w(
+                    f"  ratio kmatrix {label:<25} / vng {fmt(r, 'x')}  target <= {TARGET_VNG}x: {verdict(r, TARGET_VNG)}"
+                )
+            steps = json.loads(S.notes.get(f"{k}.steps", "[]"))
+            if steps:
+                w("  where vng's time goes (guest uptime, one verbose run):")
+                for t, msg in steps:
+                    if any(
+                        s in msg
+                        for s in (
+                            "mounting hostfs",
+                            "switching to real root",
+                            "basic initialization",
+                            "coldplug",
+                            "udev is done",
+                            "starting script",
+                            "loading virtio_pci",
+                        )
+                    ):
+                        w(f"    {t:7.2f}s  {msg[:90]}")
+    if "cell" in sections:
+        w("")
+        w("== one whole cell, every suite (pytest testcases -k CELL) ==")
+        for name in FLOOR_KERNELS:
+            k = f"cell.{name}"
+            suites = {
+                key.rsplit(".suite.", 1)[1]: S.med(key)
+                for key in S.data
+                if key.startswith(k + ".suite.")
+            }
+            w(f"  {name}: wall {spread(k + '.wall')}  outcomes {S.notes.get(k + '.outcomes', '')}")
+            w("    time per suite (sum of test durations, boot in the first test): "
+              + ", ".join(f"{m} {fmt(v)}" for m, v in sorted(suites.items())))  # fmt: skip
+    if "pvh" in sections:
+        w("")
+        w("== bzImage vs extracted PVH vmlinux (raw QEMU floor, minimal argv) ==")
+        names = sorted({key.split(".")[1] for key in S.data if key.startswith("pvh.")})
+        for name in names:
+            r = ratio(f"pvh.{name}.bzimage", f"pvh.{name}.pvh")
+            note = S.notes.get(f"pvh.{name}", "")
+            w(
+                f"  {name:<18} bzImage {spread(f'pvh.{name}.bzimage')}   vmlinux {spread(f'pvh.{name}.pvh')}   {fmt(r, 'x')} faster {note}"
+            )
+    if "initrd" in sections:
+        w("")
+        w("== initramfs compression (deb-6.1-cloud, PVH, raw QEMU) ==")
+        for label in ("none", "gzip", "zstd"):
+            w(
+                f"  {label:<5} {S.notes.get(f'initrd.{label}.mib', '?'):>6} MiB  {spread(f'initrd.{label}')}"
+            )
+    if "xdist" in sections:
+        w("")
+        w("== default matrix, boot suite (-k boot): -n 1 vs -n 2 ==")
+        w(
+            f"  -n 1  {spread('xdist.n1')}  mean boot per cell {fmt(S.med('xdist.n1.boot_mean'))}  ({S.notes.get('xdist.n1.cells', '?')} cells)"
+        )
+        w(f"  -n 2  {spread('xdist.n2')}  mean boot per cell {fmt(S.med('xdist.n2.boot_mean'))}")
+        r = ratio("xdist.n1", "xdist.n2")
+        w(
+            f"  speed-up -n 2 over -n 1  {fmt(r, 'x')}  target >= {TARGET_XDIST}x: {verdict(r, TARGET_XDIST, True)}"
+        )
+        w(f"  KVM probe verdict cache: {S.notes.get('xdist.accel_cache', '')}")
+    if "snapshot" in sections:
+        w("")
+        w("== snapshot restore vs reboot (deb-6.1-cloud, to a `uname -r` answer) ==")
+        w(f"  reboot (QEMU start, boot, command)     {spread('snapshot.reboot_and_command')}")
+        w(f"  restore (-incoming from file, command) {spread('snapshot.restore_and_command')}")
+        w(
+            f"  save once (QMP migrate to file)        {spread('snapshot.save')}  size {fmt(S.med('snapshot.snapshot_mib'), ' MiB')}"
+        )
+        r = ratio("snapshot.restore_and_command", "snapshot.reboot_and_command")
+        w(f"  restore / reboot                       {fmt(r, 'x')}")
+    w("")
+    w(f"total benchmark time {time.monotonic() - started:.0f}s")
+    return "\n".join(out)
+
+
+def install_vng() -> None:
+    if not (VNG_VENV / "bin" / "python").exists():
+        subprocess.run(
+            [sys.executable.replace("python", "python3"), "-m", "venv", str(VNG_VENV)], check=True
+        )
+    subprocess.run([str(VNG_VENV / "bin" / "pip"), "install", "-q", "virtme-ng"], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the short measurements")
+    ap.add_argument(
+        "--long-reps", type=int, default=2, help="repetitions of whole cells, vng, -n runs"
+    )
+    ap.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}"
+    )
+    ap.add_argument("--json", type=Path, help="also write every sample as JSON")
+    ap.add_argument(
+        "--install-vng", action="store_true", help=f"pip install virtme-ng into {VNG_VENV}"
+    )
+    args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        ap.error(f"unknown sections {bad}; known: {', '.join(SECTIONS)}")
+    if args.install_vng:
+        install_vng()
+    started = time.monotonic()
+    matrix = load_matrix(MATRIX)
+    work = Path(tempfile.mkdtemp(prefix="kmx-bench-"))
+    try:
+        log(f"preparing {len(matrix.cells)} cells (kernels, PVH vmlinux, initramfs) in {work}")
+        preps = {c.kernel.name: prepare(c, work) for c in matrix.cells}
+        runners: dict[str, Callable[[], None]] = {
+            "floor": lambda: section_floor(preps, work, args.reps),
+            "vng": lambda: section_vng(preps, work, args.long_reps),
+            "cell": lambda: section_cell(preps, work, args.long_reps),
+            "pvh": lambda: section_pvh(preps, work, args.reps),
+            "initrd": lambda: section_initrd(preps, work, args.reps),
+            "xdist": lambda: section_xdist(work, args.long_reps),
+            "snapshot": lambda: section_snapshot(preps, work, args.reps),
+        }
+        for s in SECTIONS:
+            if s in sections:
+                runners[s]()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(sections, args.reps, started)
+    print("\n" + text, flush=True)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"samples": S.data, "notes": S.notes, "loads": S.loads, "report": text}, indent=1
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

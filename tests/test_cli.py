@@ -1,0 +1,66 @@
+"""The kmatrix command: list, shell (a real interactive boot), setup, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+
+from conftest import DATA, ROOT
+
+KMATRIX = [sys.executable, "-m", "kmatrix.cli"]
+TWO = DATA / "matrices" / "two.yaml"
+
+
+def test_list_prints_cells() -> None:
+    p = subprocess.run([*KMATRIX, "list", "-m", str(TWO)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = [ln.split()[0] for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert lines == ["deb-6.1-cloud/Nehalem/virtio", "deb-6.12-cloud/Haswell/virtio"]
+
+
+def test_bad_matrix_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kernels: []\ncpus: [a]\ndevices: [{name: d}]\n")
+    p = subprocess.run([*KMATRIX, "list", "-m", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"kmatrix: error: {bad}:1: kernels: must not be empty"
+
+
+def test_unknown_cell_names_the_known_ones(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [*KMATRIX, "shell", "nope/x/y", "-m", str(TWO)], capture_output=True, text=True
+    )
+    assert p.returncode == 2
+    assert "no cell 'nope/x/y'; cells are: deb-6.1-cloud/Nehalem/virtio" in p.stderr
+
+
+def test_setup_check_reports_state() -> None:
+    p = subprocess.run([*KMATRIX, "setup", "--check"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr  # the test machine has everything installed
+    assert "all host packages present" in p.stdout
+
+
+def test_shell_gives_an_interactive_guest(tmp_path: Path) -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "kmatrix.cli", "shell", "deb-6.1-cloud/Nehalem/virtio", "-m", str(TWO),
+         "--accel", "tcg", "--reports", str(tmp_path)],
+        cwd=str(ROOT), timeout=120, encoding="utf-8",
+    )  # fmt: skip
+    try:
+        child.expect("interactive shell on the console")
+        time.sleep(0.5)
+        child.sendline("echo $((6*7)); uname -r")
+        child.expect("42")
+        child.expect("6.1.0-57-cloud-amd64")
+        child.sendline("exit")
+        child.expect(pexpect.EOF, timeout=60)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    log = tmp_path / "shell" / "deb-6.1-cloud__Nehalem__virtio" / "console.log"
+    assert "6.1.0-57-cloud-amd64" in log.read_text()
