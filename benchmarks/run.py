@@ -432,6 +432,11 @@ def run_snapshot(p: Prepared, work: Path) -> dict[str, float]:
         t2 = time.monotonic()
         m2.launch(timeout=60)
         try:
+            assert m2.qmp is not None
+            # The source was stopped before saving, so the restored VM stays paused: cont.
+            while m2.qmp.cmd("query-status").get("status") == "inmigrate":
+                time.sleep(0.01)
+            m2.qmp.cmd("cont")
             s2 = GuestSession.connect(rundir2 / "agent.sock", 10, m2.is_running, "restore", None)
             r = s2.run("uname -r", timeout=60, check=True)
             assert r.stdout.strip() == p.kernel.release

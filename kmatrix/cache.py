@@ -64,7 +64,7 @@ def locked(target: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
                     raise
                 if time.monotonic() > deadline:
                     raise InfraError(
-                        f"waited {timeout:.0f}s for the cache lock {lock_path}"
+                        f"waited {timeout:g}s for the cache lock {lock_path}"
                     ) from None
                 time.sleep(0.1)
         yield

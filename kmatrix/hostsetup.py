@@ -20,6 +20,12 @@ HOST_PACKAGES: dict[str, str] = {
     "lz4": "/usr/bin/lz4",
     "lzop": "/usr/bin/lzop",
     "xz-utils": "/usr/bin/xz",
+    # Guest tools copied into the image (images/recipe.yaml) for the sched/memory/driver suites.
+    "stress-ng": "/usr/bin/stress-ng",
+    "rt-tests": "/usr/bin/cyclictest",
+    "util-linux": "/usr/bin/chrt",
+    "coreutils": "/usr/bin/nice",
+    "pciutils": "/usr/share/misc/pci.ids",
     # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).
     "gcc": "/usr/bin/gcc",
     "make": "/usr/bin/make",

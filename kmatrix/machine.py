@@ -121,10 +121,12 @@ class Machine:
                 before_cont()
             self.qmp.cmd("cont", timeout=10.0)
         except (VMError, GuestTimeout, OSError) as e:
-            if self.proc.poll() is not None:
+            # QEMU may be on its way out (a bad option is reported after the QMP socket
+            # exists): give it a moment, so its own message is what the user sees.
+            if self.wait_exit(2.0) is not None:
                 self._raise_exited(f"QEMU exited during start-up ({e})")
             self.kill()
-            raise VMError(f"{self.name}: {e}", argv) from None
+            raise VMError(f"{self.name}: {e}", argv, None, self.output()) from None
         self.started_at = time.monotonic()
 
     def _qmp_socket(self) -> Path:

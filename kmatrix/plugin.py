@@ -445,9 +445,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     ):
         code = g.machine.exitcode if g.machine else None
         pool.deaths[cell.id] = f"it ended during {item.nodeid} (QEMU exit code {code})"
+    recorder_error = g.recorder.error if g is not None and g.recorder is not None else None
     nxt = cell_of(nextitem) if nextitem is not None else None
     if nxt is None or nxt.id != cell.id:
         pool.stop(cell.id)
+    if recorder_error:
+        # e.g. the disk filled up: the console log is incomplete from here on.
+        raise InfraError(f"{cell.id}: {recorder_error}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -476,7 +480,8 @@ def _classify(
     pool = _pool(item.config)
     g = pool.guests.get(cell.id)
     verdict, why = "kernel", ""
-    if excinfo.errisinstance(InfraError):
+    if excinfo.errisinstance((InfraError, OSError)):
+        # OSError here is the host's: disk full, a socket torn down, a missing file.
         verdict, why = "infra", str(excinfo.value).splitlines()[0]
     elif excinfo.errisinstance(GuestError) and g is not None:
         verdict, why = g.diagnose()

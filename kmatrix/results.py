@@ -283,7 +283,14 @@ class ResultsCollector:
 
     def write(self) -> None:
         doc = self.document()
-        write_json_atomic(self.reports / "results.json", doc)
+        try:
+            write_json_atomic(self.reports / "results.json", doc)
+        except OSError as e:
+            # Disk full or the like: keep the run (and pytest's own JUnit) going; say why once.
+            if not getattr(self, "write_error", None):
+                self.write_error = str(e)
+                sys.stderr.write(f"kmatrix: cannot write {self.reports / 'results.json'}: {e}\n")
+            return
         # The per-cell JUnit follows results.json, so even a killed run leaves a valid one;
         # a failure here is reported by the full report pass at the end of the session.
         with contextlib.suppress(Exception):

@@ -1,14 +1,13 @@
 """Guest-side helpers shared by the scheduler, memory and driver suites.
 
 Everything here runs real tools in the guest (busybox, stress-ng, util-linux) and reads
-/proc and /sys; the host only parses. Under TCG a busybox `read` loop over /proc costs a
-syscall per byte, so process tables are read with one cat | awk instead.
+/proc and /sys; the host only parses. Under TCG every guest process costs tens of
+milliseconds, so scripts read the few /proc files they need rather than scanning /proc.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 from kmatrix.logparse import Finding, findings_summary, parse_kernel_log
@@ -18,20 +17,6 @@ from kmatrix.session import GuestSession
 TASKSET = "/usr/bin/taskset"
 
 _TS = re.compile(r"^\[\s*(\d+\.\d+)\]")
-
-
-def stat_awk(program: str) -> str:
-    """A shell pipeline running an awk program over every /proc/<pid>/stat line.
-
-    Fields: $1 pid, $2 (comm), $3 state, $4 ppid, $14 utime, $15 stime, $19 nice,
-    $39 the CPU the task last ran on. cat keeps going past processes that exit meanwhile.
-    """
-    return f"cat /proc/[0-9]*/stat 2>/dev/null | awk {shlex.quote(program)}"
-
-
-def pids_by_comm(guest: GuestSession, comm: str) -> list[int]:
-    out = guest.run(stat_awk(f'$2 == "({comm})" {{ print $1 }}'), check=True).stdout
-    return sorted(int(x) for x in out.split())
 
 
 def online_cpus(text: str) -> list[int]:
@@ -97,17 +82,6 @@ def new_findings(guest: GuestSession, mark: LogMark) -> tuple[list[Finding], str
 
 def describe_findings(findings: list[Finding]) -> str:
     return findings_summary(findings) + "\n\n" + "\n".join(f.excerpt for f in findings[:3])
-
-
-def wait_for_comm(count: int, comm: str, seconds: float = 10.0) -> str:
-    """Shell that waits (bounded) until `count` processes named comm exist; stress-ng takes
-    most of a second to start under TCG, so fixed sleeps would be either slow or flaky."""
-    tries = int(seconds / 0.1)
-    probe = stat_awk(f'$2 == "({comm})" {{ n++ }} END {{ print n + 0 }}')
-    return (
-        f"i=0; while [ $i -lt {tries} ] && [ $({probe}) -lt {count} ]; do "
-        f"sleep 0.1; i=$((i + 1)); done"
-    )
 
 
 # Shell functions for scripts that drive stress-ng: its workers are direct children of the

@@ -193,3 +193,27 @@ def test_private_run_directories() -> None:
     finally:
         a.rmdir()
         b.rmdir()
+
+
+def test_disk_full_is_an_error_and_junit_survives(tmp_path: Path, private_tmp: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "kmatrix-test", str(reports)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        p, _, junit = run_case(tmp_path, "fill_the_disk and 6.1", private_tmp)
+        res = outcomes(junit)  # JUnit lives elsewhere and is whole
+        kind, text = res["test_a_fill_the_disk[deb-6.1-cloud/Nehalem/virtio]"]
+        assert kind == "error", (kind, text, p.stdout[-2000:])
+        assert "No space left on device" in text
+        console = reports / "cells" / "deb-6.1-cloud__Nehalem__virtio" / "console.log"
+        assert console.stat().st_size > 100_000  # the partial log survived
+        assert qemu_pids(str(private_tmp)) == []
+    finally:
+        subprocess.run(["umount", "-l", str(reports)], check=False)

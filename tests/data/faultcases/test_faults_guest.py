@@ -44,3 +44,9 @@ def test_a_userspace_hang(guest: GuestSession) -> None:
 def test_a_slow_guest(guest: GuestSession) -> None:
     # Runs long enough for the outer test to interrupt the run.
     guest.run("sleep 120", timeout=150)
+
+
+def test_a_fill_the_disk(guest: GuestSession) -> None:
+    # ~600 KB through the UART into a console log on a 256 KB filesystem.
+    r = guest.run("head -c 600000 /dev/zero | tr '\\0' z > /dev/ttyS0; echo ok", timeout=120)
+    assert r.stdout == "ok\n"
