@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,6 +74,8 @@ class Samples:
         self.data: dict[str, list[float]] = {}
         self.notes: dict[str, str] = {}
         self.loads: dict[str, list[float]] = {}
+        self.last_uptime = 0.0  # the last floor boot's guest uptime at its command
+        self.others: dict[str, float] = {}  # section -> cores used by other processes
 
     def add(self, key: str, value: float | None) -> None:
         if value is not None:
@@ -102,6 +104,22 @@ def other_qemus() -> int:
                 if (p / "comm").read_text().startswith("qemu-system"):
                     n += 1
     return n
+
+
+def cpu_mark() -> tuple[float, float, float]:
+    """(wall, CPU seconds busy on the whole machine, CPU seconds of this process tree)."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(vals) - vals[3] - vals[4]  # all but idle and iowait
+    ours = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        ours += ru.ru_utime + ru.ru_stime
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), ours
+
+
+def others_cores(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """Cores' worth of CPU that other processes (not this benchmark) used between a and b."""
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / max(1e-6, b[0] - a[0]))
 
 
 def fmt(x: float | None, unit: str = "s") -> str:
@@ -159,6 +177,29 @@ def floor_initrd(base: Path, work: Path, compress: str | None = None) -> Path:
     return dest
 
 
+def busybox_initrd(work: Path) -> Path:
+    """Only busybox and /bench-init: what the floor costs without kmatrix's suite tools."""
+    out = work / "busybox-only.cpio"
+    root = work / "busybox-root"
+    for d in ("bin", "sbin", "proc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in ("sh", "mount", "echo", "uname", "cut"):
+        (root / "bin" / applet).unlink(missing_ok=True)
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "sbin" / "poweroff").unlink(missing_ok=True)
+    (root / "sbin" / "poweroff").symlink_to("../bin/busybox")
+    (root / "bench-init").write_text(BENCH_INIT)
+    (root / "bench-init").chmod(0o755)
+    names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    arch = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--owner", "0:0", "--quiet"],
+        input=names, cwd=root, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    out.write_bytes(arch)
+    return out
+
+
 def floor_argv_min(cell: Cell, kernel: Path, initrd: Path, console: Path) -> list[str]:
     return [
         QEMU_BINARY, "-machine", cell.device.machine, "-accel", "tcg,thread=single",
@@ -198,15 +239,16 @@ def floor_argv_kmx(p: Prepared, initrd: Path, rundir: Path) -> list[str]:
 
 
 def run_floor(argv: list[str], console: Path, release: str, timeout: float = 180) -> float:
+    """Wall time from spawn to exit; the guest's uptime at the command goes to S too."""
     console.unlink(missing_ok=True)
     t0 = time.monotonic()
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     wall = time.monotonic() - t0
     text = console.read_text(errors="replace") if console.exists() else ""
-    if p.returncode != 0 or f"bench: {release}" not in text:
-        raise RuntimeError(
-            f"floor boot failed (exit {p.returncode}): {p.stderr[-500:]}{text[-800:]}"
-        )
+    m = re.search(rf"bench: {re.escape(release)} up ([0-9.]+)", text)
+    if p.returncode != 0 or m is None:
+        raise RuntimeError(f"floor boot failed ({p.returncode}): {p.stderr[-500:]}{text[-800:]}")
+    S.last_uptime = float(m.group(1))
     return wall
 
 
@@ -259,10 +301,18 @@ def run_guest_api(p: Prepared, work: Path) -> dict[str, float]:
     return res
 
 
-def timed_process(argv: Sequence[str], marks: dict[str, str], timeout: float = 1800,
-                  env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[dict[str, float], str, int]:  # fmt: skip
+def timed_process(
+    argv: Sequence[str],
+    marks: dict[str, str],
+    timeout: float = 1800,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> tuple[dict[str, float], str, int]:
     """Runs argv, timestamping (from spawn) the first appearance of each mark in its output."""
+    # This workplace sets PYTHONDONTWRITEBYTECODE, so every pytest would recompile kmatrix
+    # and redo its assertion rewriting (~0.5 s); users' machines cache both.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -333,6 +383,18 @@ def suite_split(results: Path) -> dict[str, float]:
     return out
 
 
+def run_collect_only(p: Prepared, work: Path) -> float:
+    """pytest's own start-up and collection for the same selection: no VM."""
+    argv = pytest_argv(
+        MATRIX, work / "pytest-co", str(ROOT / "testcases" / "test_boot.py"), "--co", "-q",
+        "-k", f"{p.cell.id} and (userspace or release or poweroff)",
+    )  # fmt: skip
+    seen, out, rc = timed_process(argv, {})
+    if rc != 0:
+        raise RuntimeError(f"pytest --co failed:\n{out[-2000:]}")
+    return seen["exit"]
+
+
 def run_whole_cell(p: Prepared, work: Path) -> tuple[float, dict[str, float], dict[str, int]]:
     reports = work / "pytest-cell"
     shutil.rmtree(reports, ignore_errors=True)
@@ -342,6 +404,9 @@ def run_whole_cell(p: Prepared, work: Path) -> tuple[float, dict[str, float], di
     counts: dict[str, int] = {}
     for r in doc["results"]:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        if r["outcome"] in ("failed", "error"):
+            S.notes.setdefault("cell.failures", "")
+            S.notes["cell.failures"] += f"{r['nodeid']}: {r['message'][:200]}\n"
     if rc not in (0, 1):
         raise RuntimeError(f"whole cell {p.cell.id}: exit {rc}\n{out[-3000:]}")
     return seen["exit"], suite_split(reports / "results.json"), counts
@@ -457,20 +522,14 @@ def section_floor(preps: dict[str, Prepared], work: Path, reps: int) -> None:
         k = f"floor.{name}"
         initrd = floor_initrd(p.initrd, work)
         console = work / "floor-console.log"
-        log(
-            f"floor: {p.cell.id} ({p.kernel.boot_image.name}, initrd {initrd.stat().st_size >> 20} MiB)"
-        )
+        size = initrd.stat().st_size >> 20
+        log(f"floor: {p.cell.id} ({p.kernel.boot_image.name}, initrd {size} MiB)")
         for i in range(reps):
             S.load("floor")
             S.add("other_qemus", other_qemus())
-            S.add(
-                f"{k}.raw_min",
-                run_floor(
-                    floor_argv_min(p.cell, p.kernel.boot_image, initrd, console),
-                    console,
-                    p.kernel.release,
-                ),
-            )
+            argv = floor_argv_min(p.cell, p.kernel.boot_image, initrd, console)
+            S.add(f"{k}.raw_min", run_floor(argv, console, p.kernel.release))
+            S.add(f"{k}.raw_min_uptime", S.last_uptime)
             rundir = private_rundir("kmxb-")
             try:
                 S.add(
@@ -484,6 +543,7 @@ def section_floor(preps: dict[str, Prepared], work: Path, reps: int) -> None:
             api = run_guest_api(p, work)
             for key, v in api.items():
                 S.add(f"{k}.api.{key}", v)
+            S.add(f"{k}.pytest.collect_only", run_collect_only(p, work))
             seen = run_pytest_cell(p, work)
             for key, v in seen.items():
                 S.add(f"{k}.pytest.{key}", v)
@@ -503,7 +563,8 @@ def section_cell(preps: dict[str, Prepared], work: Path, reps: int) -> None:
             S.add(f"cell.{name}.wall", wall)
             for mod, v in split.items():
                 S.add(f"cell.{name}.suite.{mod}", v)
-            S.notes[f"cell.{name}.outcomes"] = json.dumps(counts)
+            prev = S.notes.get(f"cell.{name}.outcomes")
+            S.notes[f"cell.{name}.outcomes"] = (prev + "; " if prev else "") + json.dumps(counts)
             log(f"cell {p.cell.id}: {wall:.1f}s {counts}")
 
 
@@ -540,7 +601,8 @@ def section_pvh(preps: dict[str, Prepared], work: Path, reps: int) -> None:
                     ),
                 )
         log(
-            f"pvh {name}: bzImage {fmt(S.med(f'pvh.{name}.bzimage'))} vmlinux {fmt(S.med(f'pvh.{name}.pvh'))}"
+            f"pvh {name}: bzImage {fmt(S.med(f'pvh.{name}.bzimage'))}"
+            f" vmlinux {fmt(S.med(f'pvh.{name}.pvh'))}"
         )
 
 
@@ -548,7 +610,8 @@ def section_initrd(preps: dict[str, Prepared], work: Path, reps: int) -> None:
     p = preps["deb-6.1-cloud"]
     console = work / "initrd-console.log"
     variants = {"none": floor_initrd(p.initrd, work), "gzip": floor_initrd(p.initrd, work, "gz"),
-                "zstd": floor_initrd(p.initrd, work, "zst")}  # fmt: skip
+                "zstd": floor_initrd(p.initrd, work, "zst"),
+                "busybox": busybox_initrd(work)}  # fmt: skip
     for label, path in variants.items():
         S.notes[f"initrd.{label}.mib"] = f"{path.stat().st_size / 2**20:.1f}"
     for _ in range(reps):
@@ -579,7 +642,9 @@ def section_xdist(work: Path, reps: int) -> None:
             argv = pytest_argv(
                 DEFAULT_MATRIX, reports, str(ROOT / "testcases"), "-q", "-k", "boot", "-n", n
             )
+            a = cpu_mark()
             seen, out, rc = timed_process(argv, {})
+            S.add(f"xdist.n{n}.others", others_cores(a, cpu_mark()))
             if rc not in (0, 1):
                 raise RuntimeError(f"-n {n}: exit {rc}\n{out[-3000:]}")
             S.add(f"xdist.n{n}", seen["exit"])
@@ -592,7 +657,8 @@ def section_xdist(work: Path, reps: int) -> None:
             S.add(f"xdist.n{n}.boot_mean", statistics.mean(boots) if boots else None)
             S.notes[f"xdist.n{n}.cells"] = str(len(doc["cells"]))
             log(
-                f"xdist rep {i + 1} -n {n}: {seen['exit']:.1f}s ({len(doc['cells'])} cells, mean boot {statistics.mean(boots):.2f}s)"
+                f"xdist rep {i + 1} -n {n}: {seen['exit']:.1f}s ({len(doc['cells'])}"
+                f" cells, mean boot {statistics.mean(boots):.2f}s)"
             )
 
 
@@ -623,11 +689,15 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
     w = out.append
     loads = {k: f"{statistics.median(v):.1f} (max {max(v):.1f})" for k, v in S.loads.items()}
     w(
-        f"kmatrix benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, TCG, {reps} repetitions, medians [min-max]"
+        f"kmatrix benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()}"
+        f" CPUs, TCG, {reps} repetitions, medians [min-max]"
     )
     w(
-        f"load average (1 min) per section: {loads}; other QEMUs running at samples: median {fmt(S.med('other_qemus'), '')}"
+        f"load average (1 min) per section: {loads}"
+        f"; other QEMUs running at samples: median {fmt(S.med('other_qemus'), '')}"
     )
+    others = ", ".join(f"{k} {v:.1f}" for k, v in S.others.items())
+    w(f"CPU used by other processes (cores of {os.cpu_count()}) per section: {others}")
     if "floor" in sections:
         for name in FLOOR_KERNELS:
             k = f"floor.{name}"
@@ -641,10 +711,12 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             w(f"  pytest: cell done (poweroff)            {spread(k + '.pytest.cell_done')}")
             w(f"  pytest: process exit (+ reports)        {spread(k + '.pytest.exit')}")
             w("  where kmatrix's time goes (medians):")
-            w(f"    pytest start-up and collection       {fmt(S.med(k + '.pytest.booting'))}")
+            w(f"    pytest start-up and collection       {fmt(S.med(k + '.pytest.booting'))}"
+              f"  (alone, `pytest --co`: {fmt(S.med(k + '.pytest.collect_only'))})")  # fmt: skip
             w(f"    QEMU start, QMP, console attach      {fmt(S.med(k + '.api.launch'))}")
             w(f"    before the guest clock (fw, load)    {fmt(S.med(k + '.api.pre_kernel'))}")
-            w(f"    kernel start to /init (guest uptime) {fmt(S.med(k + '.api.init_uptime'))}")
+            w(f"    kernel start to /init (guest uptime) {fmt(S.med(k + '.api.init_uptime'))}"
+              f"  (floor: {fmt(S.med(k + '.raw_min_uptime'))} to its command)")  # fmt: skip
             w(f"    /init to agent hello (modules)       {fmt(S.med(k + '.api.init_to_agent'))}")
             w(f"    `uname -r` over the agent            {fmt(S.med(k + '.api.command'))}")
             w(f"    poweroff                             {fmt(S.med(k + '.api.poweroff'))}")
@@ -653,7 +725,8 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             r3 = ratio(k + ".pytest.cell_done", k + ".raw_min")
             r4 = ratio(k + ".raw_kmx_argv", k + ".raw_min")
             w(
-                f"  ratio first boot result / floor        {fmt(r1, 'x')}  target <= {TARGET_FLOOR}x: {verdict(r1, TARGET_FLOOR)}"
+                f"  ratio first boot result / floor        {fmt(r1, 'x')}"
+                f"  target <= {TARGET_FLOOR}x: {verdict(r1, TARGET_FLOOR)}"
             )
             w(f"  ratio library boot+cmd+off / floor     {fmt(r2, 'x')}")
             w(f"  ratio pytest cell done / floor         {fmt(r3, 'x')}")
@@ -672,7 +745,8 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
                                ("pytest process exit", f"floor.{name}.pytest.exit")):  # fmt: skip
                 r = ratio(key, k)
                 w(
-                    f"  ratio kmatrix {label:<25} / vng {fmt(r, 'x')}  target <= {TARGET_VNG}x: {verdict(r, TARGET_VNG)}"
+                    f"  ratio kmatrix {label:<25} / vng {fmt(r, 'x')}  target <= {TARGET_VNG}"
+                    f"x: {verdict(r, TARGET_VNG)}"
                 )
             steps = json.loads(S.notes.get(f"{k}.steps", "[]"))
             if steps:
@@ -704,33 +778,45 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             w(f"  {name}: wall {spread(k + '.wall')}  outcomes {S.notes.get(k + '.outcomes', '')}")
             w("    time per suite (sum of test durations, boot in the first test): "
               + ", ".join(f"{m} {fmt(v)}" for m, v in sorted(suites.items())))  # fmt: skip
+        for line in S.notes.get("cell.failures", "").splitlines():
+            w(f"  failed under load: {line}")
     if "pvh" in sections:
         w("")
         w("== bzImage vs extracted PVH vmlinux (raw QEMU floor, minimal argv) ==")
-        names = sorted({key.split(".")[1] for key in S.data if key.startswith("pvh.")})
+        found = (re.fullmatch(r"pvh\.(.+)\.(?:bzimage|pvh)", key) for key in S.data)
+        names = sorted({m.group(1) for m in found if m})
         for name in names:
             r = ratio(f"pvh.{name}.bzimage", f"pvh.{name}.pvh")
             note = S.notes.get(f"pvh.{name}", "")
             w(
-                f"  {name:<18} bzImage {spread(f'pvh.{name}.bzimage')}   vmlinux {spread(f'pvh.{name}.pvh')}   {fmt(r, 'x')} faster {note}"
+                f"  {name:<18} bzImage {spread(f'pvh.{name}.bzimage')}"
+                f"   vmlinux {spread(f'pvh.{name}.pvh')}   {fmt(r, 'x')} faster {note}"
             )
     if "initrd" in sections:
         w("")
         w("== initramfs compression (deb-6.1-cloud, PVH, raw QEMU) ==")
-        for label in ("none", "gzip", "zstd"):
+        for label in ("none", "gzip", "zstd", "busybox"):
             w(
-                f"  {label:<5} {S.notes.get(f'initrd.{label}.mib', '?'):>6} MiB  {spread(f'initrd.{label}')}"
+                f"  {label:<5} {S.notes.get(f'initrd.{label}.mib', '?'):>6}"
+                f" MiB  {spread(f'initrd.{label}')}"
             )
     if "xdist" in sections:
         w("")
         w("== default matrix, boot suite (-k boot): -n 1 vs -n 2 ==")
         w(
-            f"  -n 1  {spread('xdist.n1')}  mean boot per cell {fmt(S.med('xdist.n1.boot_mean'))}  ({S.notes.get('xdist.n1.cells', '?')} cells)"
+            f"  -n 1  {spread('xdist.n1')}  mean boot per cell {fmt(S.med('xdist.n1.boot_mean'))}"
+            f"  ({S.notes.get('xdist.n1.cells', '?')} cells)"
         )
         w(f"  -n 2  {spread('xdist.n2')}  mean boot per cell {fmt(S.med('xdist.n2.boot_mean'))}")
+        o1, o2 = S.med("xdist.n1.others"), S.med("xdist.n2.others")
+        w(
+            f"  CPU used meanwhile by other processes (of {os.cpu_count()} cores): "
+            f"{fmt(o1, '')} cores during -n 1, {fmt(o2, '')} during -n 2"
+        )
         r = ratio("xdist.n1", "xdist.n2")
         w(
-            f"  speed-up -n 2 over -n 1  {fmt(r, 'x')}  target >= {TARGET_XDIST}x: {verdict(r, TARGET_XDIST, True)}"
+            f"  speed-up -n 2 over -n 1  {fmt(r, 'x')}  target >= {TARGET_XDIST}"
+            f"x: {verdict(r, TARGET_XDIST, True)}"
         )
         w(f"  KVM probe verdict cache: {S.notes.get('xdist.accel_cache', '')}")
     if "snapshot" in sections:
@@ -739,7 +825,8 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         w(f"  reboot (QEMU start, boot, command)     {spread('snapshot.reboot_and_command')}")
         w(f"  restore (-incoming from file, command) {spread('snapshot.restore_and_command')}")
         w(
-            f"  save once (QMP migrate to file)        {spread('snapshot.save')}  size {fmt(S.med('snapshot.snapshot_mib'), ' MiB')}"
+            f"  save once (QMP migrate to file)        {spread('snapshot.save')}"
+            f"  size {fmt(S.med('snapshot.snapshot_mib'), ' MiB')}"
         )
         r = ratio("snapshot.restore_and_command", "snapshot.reboot_and_command")
         w(f"  restore / reboot                       {fmt(r, 'x')}")
@@ -795,17 +882,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for s in SECTIONS:
             if s in sections:
+                a = cpu_mark()
                 runners[s]()
+                S.others[s] = others_cores(a, cpu_mark())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report(sections, args.reps, started)
     print("\n" + text, flush=True)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"samples": S.data, "notes": S.notes, "loads": S.loads, "report": text}, indent=1
-            )
-        )
+        dump = {"samples": S.data, "notes": S.notes, "loads": S.loads, "others": S.others}
+        args.json.write_text(json.dumps({**dump, "report": text}, indent=1))
     return 0
 
 

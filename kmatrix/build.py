@@ -17,6 +17,7 @@ problem is an InfraError.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -216,6 +217,13 @@ def _check_tools(make_vars: tuple[tuple[str, str], ...]) -> None:
         )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the builder dies, even by SIGKILL, so that an
+    abandoned make stops (make then stops its jobs and removes half-written targets)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _run_logged(
     argv: list[str], cwd: Path, log: IO[str], env: dict[str, str], deadline: float
 ) -> int:
@@ -226,7 +234,13 @@ def _run_logged(
     if remaining <= 0:
         raise InfraError(f"the kernel build overran its {BUILD_TIMEOUT:.0f}s deadline")
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        argv,
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         return proc.wait(timeout=remaining)
@@ -466,8 +480,10 @@ def build_kernel(spec: BuildSpec, origin: str = "", quiet: bool = False) -> Buil
     with locked(dest, timeout=BUILD_TIMEOUT + 60):
         if _complete(dest):
             return _from_dir(dest, key, source, spec, cached=True)
+        # Under the lock, any scratch tree of this key is a killed builder's leftover.
+        for stale in builds.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = builds / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         t0 = time.monotonic()
         if not quiet:
@@ -525,8 +541,6 @@ def build_kernel(spec: BuildSpec, origin: str = "", quiet: bool = False) -> Buil
         built = _from_dir(dest, key, source, spec, cached=False)
         if not quiet:
             _say(f"built {key} in {seconds:.0f}s: {built.image}")
-            for d in built.dropped:
-                _say(f"{key}: {d.option}={d.wanted} (from {d.fragment}) is {d.got} in .config")
         return built
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from kmatrix import __version__, report_cli
+from kmatrix import __version__, merge, report_cli
 from kmatrix.errors import KmatrixError
 from kmatrix.hostsetup import ensure_host_packages
 from kmatrix.matrix import load_matrix
@@ -74,7 +76,28 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     argv += [f"--kmatrix-baseline={b}" for b in args.baseline]
     argv += extra
     print("kmatrix run: " + " ".join(argv), flush=True)
-    return subprocess.call(argv)
+    return _call_forwarding_signals(argv)
+
+
+def _call_forwarding_signals(argv: list[str]) -> int:
+    """Runs pytest as a child and passes SIGTERM/SIGINT on to it, so a cancelled CI job stops
+    the run (and its QEMUs) instead of orphaning it."""
+    child = subprocess.Popen(argv)
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for pytest
+                continue
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -152,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tests", action="store_true", help="also what the project's own tests need (chromium)"
     )
     report_cli.add_parsers(sub)
+    merge.add_parser(sub)
 
     raw = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -168,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_shell(args)
         if args.command in report_cli.COMMANDS:
             return report_cli.dispatch(args)
+        if args.command == "merge":
+            return merge.command(args)
         if args.command == "build":
             from kmatrix.build import build_command
 

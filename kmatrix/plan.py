@@ -58,7 +58,7 @@ class RunPlan:
             "matrix_digest": matrix_digest(matrix),
             "matrix_cells": [c.id for c in matrix.cells],
             "shard": shard,
-            "planned_cells": [],
+            "planned_cells": {},  # cell id -> selected tests
         }
 
     def set_nodeids(self, nodeids: Sequence[str]) -> None:
@@ -69,7 +69,7 @@ class RunPlan:
                 tests[cid] = tests.get(cid, 0) + 1
         self.tests = tests
         self.known = True
-        self.meta["planned_cells"] = list(tests)
+        self.meta["planned_cells"] = dict(tests)
 
     # --- hooks ------------------------------------------------------------------------------
 

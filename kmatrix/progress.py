@@ -91,6 +91,7 @@ class Progress:
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
         self.clock = time.monotonic
+        self.pending: list[str] = []
 
     # --- output -----------------------------------------------------------------------------
 
@@ -100,16 +101,20 @@ class Progress:
 
     def line(self, text: str) -> None:
         tr = self.tr
-        if tr is not None and self.mode != "off":
-            # pytest -q writes its dots without a path prefix, which write_line does not end.
-            saved = tr.currentfspath
-            tr.ensure_newline()
-            if tr._tw.width_of_current_line:
-                tr._tw.line()
-            tr.write_line(f"kmatrix: {text}")
-            if self.config.get_verbosity() <= 0 and saved is not None:
-                # Without this, pytest's closing "[100%]" ends up glued to the next line.
-                tr.currentfspath = saved
+        if tr is None or self.mode == "off":
+            return
+        # pytest -q writes its dots without a path, which ensure_newline does not end.
+        tr.ensure_newline()
+        if tr._tw.width_of_current_line:
+            tr._tw.line()
+        tr._tw.line(f"kmatrix: {text}")
+
+    def flush(self) -> None:
+        """Writes the cells' "done" lines, held back until pytest finished its own line
+        (its [NN%] would otherwise land on the line after ours)."""
+        lines, self.pending = self.pending, []
+        for text in lines:
+            self.line(text)
 
     def elapsed(self) -> str:
         return fmt_elapsed(self.clock() - self.t0)
@@ -242,7 +247,9 @@ class Progress:
             counts[o] = counts.get(o, 0) + 1
         summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
         boot = f", boot {float(c.boot_seconds):.1f}s" if c.boot_seconds else ""
-        self.line(f"{c.id}: done in {c.done - c.started:.1f}s{boot}: {summary} ({self.totals()})")
+        self.pending.append(
+            f"{c.id}: done in {c.done - c.started:.1f}s{boot}: {summary} ({self.totals()})"
+        )
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -258,8 +265,9 @@ class Progress:
     def pytest_runtest_logstart(self, nodeid: str) -> Generator[None, None, None]:
         with self.lock:
             self.hide()
+            self.flush()
+            self.start_test(nodeid)  # its lines go before pytest's (-v: the test's name)
             yield
-            self.start_test(nodeid)
             if self.thread is None and self.mode == "tty":
                 self.thread = threading.Thread(target=self._tick, name="kmatrix-progress")
                 self.thread.daemon = True
@@ -276,7 +284,11 @@ class Progress:
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_logfinish(self) -> Generator[None, None, None]:
-        yield from self._around()
+        with self.lock:
+            self.hide()
+            yield
+            self.flush()
+            self.show()
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True, optionalhook=True)
     def pytest_testnodedown(self) -> Generator[None, None, None]:
@@ -313,6 +325,7 @@ class Progress:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
         self.stop()
+        self.flush()
 
 
 def _isatty(tr: Any) -> bool:

@@ -114,3 +114,12 @@ def parse_stat(line: str) -> tuple[int, list[str]]:
 def stat_field(fields: list[str], number: int) -> int:
     """Field `number` (1-based, as in proc(5)) from parse_stat's list."""
     return int(fields[number - 3])
+
+
+_STRESS_NG_TROUBLE = re.compile(r"unexpected signal|\bfail(?:ed)?:|memory error|unsuccessful run")
+
+
+def stress_ng_trouble(output: str) -> list[str]:
+    """stress-ng lines saying a stressor died or found errors; its exit status can still be 0
+    (e.g. a worker killed by SIGILL counts as 'successful run completed')."""
+    return [line for line in output.splitlines() if _STRESS_NG_TROUBLE.search(line)]

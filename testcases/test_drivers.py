@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from typing import Any
 
 import pytest
 from guestlib import describe_findings, log_mark, new_findings
@@ -243,9 +244,8 @@ def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -
 
         # HMP parses the same option syntax as -device, so the profile's props go as written.
         props = "".join(f",{k}={v}" for k, v in spec.props)
-        said = booted.qmp(
-            "human-monitor-command", **{"command-line": f"device_add {spec.driver},id={qid}{props}"}
-        )
+        hmp: dict[str, Any] = {"command-line": f"device_add {spec.driver},id={qid}{props}"}
+        said = booted.qmp("human-monitor-command", **hmp)
         assert not str(said).strip(), f"device_add {qid} failed: {said}"
         rebound = _wait_guest(guest, probe, driver_before)
         assert rebound == driver_before, (

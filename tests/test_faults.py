@@ -217,3 +217,29 @@ def test_disk_full_is_an_error_and_junit_survives(tmp_path: Path, private_tmp: P
         assert qemu_pids(str(private_tmp)) == []
     finally:
         subprocess.run(["umount", "-l", str(reports)], check=False)
+
+
+def test_sigterm_to_kmatrix_run_stops_the_run(tmp_path: Path, private_tmp: Path) -> None:
+    """CI cancels the job by signalling `kmatrix run`, not its pytest child."""
+    mine = str(private_tmp)
+    reports = tmp_path / "reports"
+    argv = [sys.executable, "-m", "kmatrix.cli", "run", "-m", str(TWO), "--accel", "tcg",
+            "--reports", str(reports), "--", "-k", "boot", "-p", "no:cacheprovider"]  # fmt: skip
+    env = {**os.environ, "TMPDIR": mine}
+    p = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.monotonic() + 120
+    while not qemu_pids(mine):
+        assert time.monotonic() < deadline, "the first cell never booted"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) != 0
+    t0 = time.monotonic()
+    while qemu_pids(mine) and time.monotonic() - t0 < 10:
+        time.sleep(0.1)
+    assert qemu_pids(mine) == [], "QEMU outlived the run by 10 s"
+    doc = json.loads((reports / "results.json").read_text())
+    assert doc["run"]["interrupted"] is True
+    # The second cell never started: the run stopped instead of carrying on.
+    assert all(r["cell"] == "deb-6.1-cloud/Nehalem/virtio" for r in doc["results"]), doc["results"]

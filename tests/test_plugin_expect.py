@@ -15,11 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from test_build import fake_kernel
 
 from conftest import ROOT
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_build import fake_kernel  # noqa: E402
 
 BREAK = (
     "--- a/src/file.c\n+++ b/src/file.c\n@@ -1,4 +1,5 @@\n int main(void)\n {\n"
@@ -102,7 +100,7 @@ def test_build_failures_and_expectations(tmp_path: Path) -> None:
             "no:cacheprovider",
             "-rA",
             f"--rootdir={tmp_path}",
-        ],  # fmt: skip
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
