@@ -644,7 +644,9 @@ def section_xdist(work: Path, reps: int) -> None:
             )
             a = cpu_mark()
             seen, out, rc = timed_process(argv, {})
-            S.add(f"xdist.n{n}.others", others_cores(a, cpu_mark()))
+            b = cpu_mark()
+            S.add(f"xdist.n{n}.others", others_cores(a, b))
+            S.add(f"xdist.n{n}.ours", (b[2] - a[2]) / (b[0] - a[0]))
             if rc not in (0, 1):
                 raise RuntimeError(f"-n {n}: exit {rc}\n{out[-3000:]}")
             S.add(f"xdist.n{n}", seen["exit"])
@@ -711,6 +713,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             w(f"  pytest: cell done (poweroff)            {spread(k + '.pytest.cell_done')}")
             w(f"  pytest: process exit (+ reports)        {spread(k + '.pytest.exit')}")
             w("  where kmatrix's time goes (medians):")
+            w(f"    resolve + verify cached artefacts    {fmt(S.med(k + '.api.prepare'))}")
             w(f"    pytest start-up and collection       {fmt(S.med(k + '.pytest.booting'))}"
               f"  (alone, `pytest --co`: {fmt(S.med(k + '.pytest.collect_only'))})")  # fmt: skip
             w(f"    QEMU start, QMP, console attach      {fmt(S.med(k + '.api.launch'))}")
@@ -809,9 +812,10 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         )
         w(f"  -n 2  {spread('xdist.n2')}  mean boot per cell {fmt(S.med('xdist.n2.boot_mean'))}")
         o1, o2 = S.med("xdist.n1.others"), S.med("xdist.n2.others")
+        u1, u2 = S.med("xdist.n1.ours"), S.med("xdist.n2.ours")
         w(
-            f"  CPU used meanwhile by other processes (of {os.cpu_count()} cores): "
-            f"{fmt(o1, '')} cores during -n 1, {fmt(o2, '')} during -n 2"
+            f"  CPU in use (of {os.cpu_count()} cores): kmatrix {fmt(u1, '')} with -n 1, "
+            f"{fmt(u2, '')} with -n 2; other processes meanwhile {fmt(o1, '')} and {fmt(o2, '')}"
         )
         r = ratio("xdist.n1", "xdist.n2")
         w(

@@ -33,7 +33,14 @@ from typing import IO
 from kmatrix.cache import cache_root, digest_bytes, digest_file, locked
 from kmatrix.errors import InfraError, KmatrixError
 from kmatrix.matrix import BuildSpec
-from kmatrix.patches import CONFLICT, PatchResult, Series, apply_series, load_series
+from kmatrix.patches import (
+    CONFLICT,
+    HunkResult,
+    PatchResult,
+    Series,
+    apply_series,
+    load_series,
+)
 from kmatrix.sources import KernelSource, resolve_source
 
 # Bump when the build procedure changes in a way that changes its output.
@@ -406,6 +413,7 @@ def _summary(
                 "status": p.status,
                 "summary": p.short(),
                 "problems": list(p.problems),
+                "hunks": [asdict(h) for h in p.hunks],
             }
             for p in patches
         ],
@@ -424,7 +432,12 @@ def _from_dir(
 ) -> BuiltKernel:
     info = json.loads((dest / "build.json").read_text())
     patches = tuple(
-        PatchResult(p["patch"], p["status"], problems=tuple(p.get("problems", ())))
+        PatchResult(
+            p["patch"],
+            p["status"],
+            hunks=tuple(HunkResult(**h) for h in p.get("hunks", ())),
+            problems=tuple(p.get("problems", ())),
+        )
         for p in info.get("patch_results", [])
     )
     dropped = tuple(DroppedOption(**d) for d in info.get("dropped_options", []))
@@ -557,6 +570,13 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
             f"{m.path}: no source-built kernel {', '.join(sorted(unknown))} (they are: "
             f"{built_names})"
         )
+
+    def on_term(signum: int, frame: object) -> None:
+        # Unwind like Ctrl-C: make's process group is killed and the scratch tree removed.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, on_term)
     failed = 0
     for k in kernels:
         assert k.build is not None

@@ -262,7 +262,8 @@ class Guest:
         m = self.machine
         if m is None or m.proc is None:
             return "infra", "no VM was started"
-        code = m.proc.poll()
+        # The channel can close a moment before a dying QEMU can be reaped: let it finish.
+        code = m.wait_exit(1.0)
         if code is not None:
             self._close_recorder()
             if code < 0:
@@ -273,6 +274,11 @@ class Guest:
         try:
             status = m.qmp.cmd("query-status", timeout=5.0) if m.qmp else None
         except KmatrixError as e:
+            code = m.wait_exit(2.0)
+            if code is not None and code < 0:
+                return "infra", f"QEMU was killed by signal {-code}"
+            if code is not None:
+                return "kernel", f"the guest went down (QEMU exited with code {code})"
             return "infra", f"QEMU does not answer QMP ({e})"
         state = status.get("status") if isinstance(status, dict) else None
         if state in ("guest-panicked", "internal-error", "shutdown"):

@@ -8,8 +8,12 @@ the cache already holds them (or KMATRIX_TEST_BUILDS=1)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +44,8 @@ FAKE_RULES = {
     ],
     "bzImage": [
         'echo "$(KCFLAGS)" >> $(KMX_FAKE_COUNTER)',
+        # A slow "compiler" when asked for: it leaves its PID for the interruption test.
+        "@[ -z \"$(KMX_SLEEP)\" ] || sh -c 'echo $$$$ > $(KMX_SLEEP_PID); exec sleep $(KMX_SLEEP)'",
         "@if grep -q FAIL_BUILD src/file.c; then "
         'echo "  CC      src/file.o"; '
         "echo \"src/file.c:3:5: error: 'FAIL_BUILD' undeclared (first use in this function)\"; "
@@ -163,7 +169,7 @@ def test_build_patches_configures_and_caches(env: dict[str, Path]) -> None:
 
     again = build_kernel(spec, quiet=True)
     assert again.cached and again.key == b.key and compiles(env) == 1, "rebuilt unchanged inputs"
-    assert again.dropped == b.dropped and again.patches[0].status == "clean"
+    assert again.dropped == b.dropped and again.patches == b.patches
     found = cached_build(spec)
     assert found is not None and found.key == b.key
 
@@ -308,3 +314,50 @@ def test_git_checkout_at_a_ref(env: dict[str, Path]) -> None:
     assert resolve_source(str(src)).identity != head.identity, "uncommitted edits ignored"
     with pytest.raises(Exception, match=r"a ref \(.HEAD.\) needs a git checkout"):
         resolve_source(str(env["series"]), "HEAD")
+
+
+BUILD_TOOLS = ("make", "gcc", "ld", "flex", "bison", "bc", "perl", "patch")
+
+
+@pytest.mark.skipif(
+    any(shutil.which(t) is None for t in BUILD_TOOLS),
+    reason="kernel build tools missing (kmatrix setup installs them)",
+)
+def test_sigterm_stops_make_and_removes_the_scratch_tree(tmp_path: Path) -> None:
+    src = fake_kernel(tmp_path / "linux")
+    pidfile = tmp_path / "sleeper.pid"
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        f"kernels:\n  - name: slow\n    build: {{source: {src}, make_vars: "
+        f"{{KMX_SLEEP: '60', KMX_SLEEP_PID: {pidfile}}}}}\n"
+        "cpus: [Nehalem]\ndevices: [{name: plain}]\n"
+    )
+    cache = tmp_path / "cache"
+    env = {**os.environ, "KMATRIX_CACHE": str(cache), "KMX_FAKE_COUNTER": os.devnull}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kmatrix.cli", "build", "-m", str(m)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.is_file() or not pidfile.read_text().strip():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the fake compile never started"
+            time.sleep(0.1)
+        sleeper = int(pidfile.read_text())
+        assert list((cache / "builds").glob(".*.tmp-*")), "no scratch tree while building"
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    # The compile under make is gone with its process group (dead or a zombie to be reaped).
+    stat = Path(f"/proc/{sleeper}/stat")
+    state = stat.read_text().split(")")[-1].split()[0] if stat.exists() else "gone"
+    assert state in ("gone", "Z"), f"the fake compile {sleeper} is still running ({state})"
+    assert not list((cache / "builds").glob(".*.tmp-*")), "the scratch tree was left"
+    assert not [p for p in (cache / "builds").iterdir() if not p.name.startswith(".")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, ROOT, qemu_pids
+from conftest import DATA, ROOT
 
 TWO = DATA / "matrices" / "two.yaml"
 
@@ -117,13 +117,13 @@ def test_k_selects_cells(tmp_path: Path) -> None:
 def test_malformed_matrix_is_one_error_and_no_vm(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(TWO.read_text().replace("  - {name: Nehalem", "  - {nmae: Nehalem"))
-    # The error must come before the device profile is even looked for.
-    before = qemu_pids()
     p, reports, _ = run_pytest(tmp_path, matrix=bad)
     assert p.returncode == 4, p.stdout + p.stderr
     assert f"{bad}:10: cpus[0].nmae: unknown key" in p.stderr
+    assert p.stderr.count("unknown key") == 1
+    # Every boot writes its cell directory before QEMU starts: none means no VM.
     assert not (reports / "cells").exists()
-    assert qemu_pids() == before
+    assert "collected" not in p.stdout
 
 
 def test_unbootable_cell_fails_others_pass(tmp_path: Path) -> None:
