@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +35,22 @@ class QMP:
             raise VMError(f"QMP {what} failed: {e!r}") from None
 
     def connect(self, path: Path, timeout: float) -> None:
-        self._sync(self._client.connect(str(path)), timeout, "connect")
+        """Connects, retrying while QEMU has bound its socket but not yet listens on it
+        (connection refused) — a start-up race seen on loaded hosts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._sync(
+                    self._client.connect(str(path)),
+                    max(0.5, deadline - time.monotonic()),
+                    "connect",
+                )
+                return
+            except VMError as e:
+                if "Connection refused" not in str(e) or time.monotonic() > deadline:
+                    raise
+            self._client = QMPClient(self._client.name)
+            time.sleep(0.05)
 
     def cmd(self, name: str, timeout: float = 10.0, **args: Any) -> Any:
         result = self._sync(self._client.execute(name, args or None), timeout, name)

@@ -182,6 +182,7 @@ def test_gitlab_parallel_shards_and_merge(tmp_path: Path) -> None:
     assert merge["when"] == "always"
     assert job["cache"]["key"] == merge["cache"]["key"]
     assert (job["cache"]["policy"], merge["cache"]["policy"]) == ("pull", "push")
+    assert merge["cache"]["when"] == "always"
     # The needed jobs' artifacts are unpacked in place: reports/shard-1 .. reports/shard-N.
     mwork = tmp_path / "merge-job"
     synthetic_shards({i: mwork / "reports" / f"shard-{i}" for i in range(1, n + 1)}, n)

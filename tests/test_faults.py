@@ -61,8 +61,9 @@ def test_sigkilled_qemu_errors_and_keeps_the_console(tmp_path: Path, private_tmp
         kind, text = res[f"test_b_after[{cell}]"]
         assert kind == "error", (kind, text)
         assert "the VM is gone" in text
-    console = reports / "cells" / "deb-6.1-cloud__Nehalem__virtio" / "console.log"
-    assert "before-the-kill" in console.read_text()
+    cell_dir = reports / "cells" / "deb-6.1-cloud__Nehalem__virtio"
+    consoles = "".join(p.read_text() for p in sorted(cell_dir.glob("console*.log")))
+    assert "before-the-kill" in consoles
     assert qemu_pids(str(private_tmp)) == []
     assert p.returncode == 1
     doc = json.loads((reports / "results.json").read_text())
