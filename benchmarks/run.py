@@ -577,10 +577,15 @@ def section_vng(preps: dict[str, Prepared], work: Path, reps: int) -> None:
             log(f"vng {name}: cannot run: {why}")
             continue
         for i in range(reps):
+            # kmatrix on the same kernel right beside each vng run: the machine's load swings
+            # over minutes, so only pairs measured together make a fair ratio.
             S.load("vng")
             wall, _ = run_vng(p)
             S.add(f"vng.{name}", wall)
-            log(f"vng {name} rep {i + 1}: {wall:.1f}s")
+            seen = run_pytest_cell(p, work)
+            for key in ("first_result", "command_result", "cell_done", "exit"):
+                S.add(f"vng.{name}.kmx.{key}", seen.get(key))
+            log(f"vng {name} rep {i + 1}: {wall:.1f}s; kmatrix beside it {seen['exit']:.1f}s")
         _, out = run_vng(p, verbose=True)
         S.notes[f"vng.{name}.steps"] = json.dumps(vng_steps(out))
 
@@ -743,9 +748,12 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
                 w(f"  {name}: cannot run here: {S.notes[k]}")
                 continue
             w(f"  {name}: vng                          {spread(k)}")
-            for label, key in (("pytest first boot result", f"floor.{name}.pytest.first_result"),
-                               ("pytest cell done", f"floor.{name}.pytest.cell_done"),
-                               ("pytest process exit", f"floor.{name}.pytest.exit")):  # fmt: skip
+            w(f"  {name}: kmatrix (pytest) beside it    {spread(k + '.kmx.command_result')}"
+              "  to the `uname -r` result")  # fmt: skip
+            for label, key in (("pytest first boot result", f"{k}.kmx.first_result"),
+                               ("pytest uname -r result", f"{k}.kmx.command_result"),
+                               ("pytest cell done", f"{k}.kmx.cell_done"),
+                               ("pytest process exit", f"{k}.kmx.exit")):  # fmt: skip
                 r = ratio(key, k)
                 w(
                     f"  ratio kmatrix {label:<25} / vng {fmt(r, 'x')}  target <= {TARGET_VNG}"
