@@ -2,7 +2,8 @@
 
 Sources: a bzImage path (with optional modules and config), a Debian kernel package (a .deb
 or a package name fetched with `apt-get download`, unpacked into the cache and never
-installed), or a kernel build tree. The release is read from the image header itself.
+installed), a kernel build tree, or a build from source with patches (kmatrix.build). The
+release is read from the image header itself.
 """
 
 from __future__ import annotations
