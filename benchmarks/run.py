@@ -443,6 +443,15 @@ def vng_reason(p: Prepared) -> str | None:
 
 
 def run_vng(p: Prepared, verbose: bool = False) -> tuple[float, str]:
+    """One vng run, retried once (it exited 255 with no output once here), and counted."""
+    try:
+        return _run_vng(p, verbose)
+    except RuntimeError as e:
+        S.notes["vng_failures"] = S.notes.get("vng_failures", "") + str(e)[:200] + "\n"
+        return _run_vng(p, verbose)
+
+
+def _run_vng(p: Prepared, verbose: bool = False) -> tuple[float, str]:
     env = {"PATH": f"{VNG_VENV / 'bin'}:{os.environ['PATH']}"}
     argv = [str(VNG_VENV / "bin" / "vng"), "--disable-kvm", "--run", str(p.kernel.image)]
     argv += ["--exec", "uname -r"] + (["-v"] if verbose else [])
@@ -855,6 +864,10 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         )
         r = ratio("snapshot.restore_and_command", "snapshot.reboot_and_command")
         w(f"  restore / reboot                       {fmt(r, 'x')}")
+    vng_failures = S.notes.get("vng_failures", "").strip()
+    if vng_failures:
+        w("")
+        w(f"vng runs that failed and were retried: {vng_failures.count(chr(10)) + 1}")
     failures = S.notes.get("floor_failures", "").splitlines()
     if failures:
         w("")
