@@ -9,6 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+from kmatrix.errors import ArtifactError, InfraError
 
 # Debian package -> a file that proves it is installed.
 HOST_PACKAGES: dict[str, str] = {
@@ -77,3 +80,19 @@ def ensure_host_packages(check_only: bool = False, tests: bool = False) -> int:
         print(f"kmatrix setup: apt-get failed; still missing: {' '.join(still)}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_tool(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 600.0) -> str:
+    """Runs a host tool; a missing tool or a timeout is the host's problem (InfraError), a
+    non-zero exit is the input's (ArtifactError). Returns its stdout."""
+    try:
+        p = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise InfraError(f"{what}: {argv[0]} is not installed (run `kmatrix setup`)") from None
+    except subprocess.TimeoutExpired:
+        raise InfraError(f"{what}: `{' '.join(argv)}` took more than {timeout:.0f}s") from None
+    if p.returncode != 0:
+        raise ArtifactError(f"{what}: `{' '.join(argv)}` failed: {(p.stderr or p.stdout).strip()}")
+    return p.stdout

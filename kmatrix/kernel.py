@@ -8,14 +8,14 @@ release is read from the image header itself.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmatrix import bzimage
 from kmatrix.cache import cache_root, digest_file, ensure_dir, ensure_file, locked
-from kmatrix.errors import ArtifactError, InfraError
+from kmatrix.errors import ArtifactError
+from kmatrix.hostsetup import run_tool
 from kmatrix.matrix import KernelSpec
 
 if TYPE_CHECKING:
@@ -60,17 +60,7 @@ def parse_config(text: str) -> dict[str, str]:
 
 
 def _run(argv: list[str], cwd: Path, what: str, timeout: float = APT_TIMEOUT) -> str:
-    try:
-        p = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError:
-        raise InfraError(f"{what}: {argv[0]} is not installed (run `kmatrix setup`)") from None
-    except subprocess.TimeoutExpired:
-        raise InfraError(f"{what}: `{' '.join(argv)}` took more than {timeout:.0f}s") from None
-    if p.returncode != 0:
-        raise ArtifactError(f"{what}: `{' '.join(argv)}` failed: {(p.stderr or p.stdout).strip()}")
-    return p.stdout
+    return run_tool(argv, what, cwd=cwd, timeout=timeout)
 
 
 def fetch_deb(package: str, origin: str) -> Path:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from kmatrix.cache import cache_root, digest_bytes, digest_file, ensure_dir
-from kmatrix.errors import ArtifactError, InfraError
+from kmatrix.errors import ArtifactError
+from kmatrix.hostsetup import run_tool
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst")
 DEB_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -94,19 +94,7 @@ def _quick_digest(path: Path) -> str:
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        p = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=UNPACK_TIMEOUT, check=False
-        )
-    except FileNotFoundError:
-        raise InfraError(f"{what}: {argv[0]} is not installed (run `kmatrix setup`)") from None
-    except subprocess.TimeoutExpired:
-        raise InfraError(
-            f"{what}: `{' '.join(argv)}` took more than {UNPACK_TIMEOUT:.0f}s"
-        ) from None
-    if p.returncode != 0:
-        raise ArtifactError(f"{what}: `{' '.join(argv)}` failed: {(p.stderr or p.stdout).strip()}")
-    return p.stdout
+    return run_tool(argv, what, cwd=cwd, timeout=UNPACK_TIMEOUT)
 
 
 def makefile_version(root: Path) -> str:
