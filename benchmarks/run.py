@@ -20,7 +20,8 @@ Sections:
   pvh       bzImage vs the extracted PVH vmlinux, every kernel of the benchmark matrix
   initrd    the initramfs uncompressed vs gzip vs zstd
   xdist     the default matrix's boot suite with -n 1 and -n 2
-  snapshot  restoring a migration snapshot of a booted guest vs booting it again
+  snapshot  restoring a migration snapshot of a booted guest vs booting it again: raw QEMU
+            (exec: migration, no sandbox) and the runner's Guest.snapshot()/restore()
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,6 +62,7 @@ FLOOR_KERNELS = ("deb-6.1-cloud", "deb-6.12-generic")  # cheap cloud; generic = 
 TARGET_FLOOR = 1.15
 TARGET_VNG = 0.25
 TARGET_XDIST = 1.8
+T = TypeVar("T")
 BENCH_INIT = """#!/bin/sh
 mount -t proc proc /proc
 echo "bench: $(uname -r) up $(cut -d' ' -f1 /proc/uptime)"
@@ -162,11 +165,7 @@ def floor_initrd(base: Path, work: Path, compress: str | None = None) -> Path:
         extra.mkdir(exist_ok=True)
         (extra / "bench-init").write_text(BENCH_INIT)
         (extra / "bench-init").chmod(0o755)
-        arch = subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--owner", "0:0", "--quiet"],
-            input=b"bench-init\n", cwd=extra, capture_output=True, check=True,
-        ).stdout  # fmt: skip
-        out.write_bytes(base.read_bytes() + arch)
+        out.write_bytes(base.read_bytes() + newc_archive(extra, b"bench-init\n"))
     if compress is None:
         return out
     dest = out.with_suffix(f".cpio.{compress}")
@@ -192,12 +191,16 @@ def busybox_initrd(work: Path) -> Path:
     (root / "bench-init").write_text(BENCH_INIT)
     (root / "bench-init").chmod(0o755)
     names = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
-    arch = subprocess.run(
+    out.write_bytes(newc_archive(root, names))
+    return out
+
+
+def newc_archive(root: Path, names: bytes) -> bytes:
+    """A newc cpio of the newline-separated names under root, owned by root."""
+    return subprocess.run(
         ["cpio", "-o", "-H", "newc", "--owner", "0:0", "--quiet"],
         input=names, cwd=root, capture_output=True, check=True,
     ).stdout  # fmt: skip
-    out.write_bytes(arch)
-    return out
 
 
 def floor_argv_min(cell: Cell, kernel: Path, initrd: Path, console: Path) -> list[str]:
@@ -238,17 +241,28 @@ def floor_argv_kmx(p: Prepared, initrd: Path, rundir: Path) -> list[str]:
     return argv
 
 
+def retried_once(note: str, run: Callable[[], T]) -> T:
+    """run(), and once more if it raised RuntimeError; the first failure's most telling line
+    is counted under S.notes[note] (the report lists them)."""
+    try:
+        return run()
+    except RuntimeError as e:
+        lines = str(e).splitlines() or ["(no message)"]
+        why = next((ln for ln in lines if "not syncing" in ln or "noapic" in ln), lines[0])
+        S.notes[note] = S.notes.get(note, "") + why.strip()[:200] + "\n"
+        log(f"{note}: a run failed, retrying: {why.strip()[:120]}")
+        return run()
+
+
 def run_floor(argv: list[str], console: Path, release: str, timeout: float = 180) -> float:
     """Wall time from spawn to exit, retried once if the guest failed (then counted: under
     heavy load TCG guests sometimes panic in the IO-APIC timer check)."""
-    try:
-        return _run_floor(argv, console, release, timeout)
-    except RuntimeError as e:
-        lines = str(e).splitlines()
-        why = next((ln for ln in lines if "not syncing" in ln or "noapic" in ln), lines[0])
-        S.notes["floor_failures"] = S.notes.get("floor_failures", "") + why.strip() + "\n"
-        log(f"a floor boot failed, retrying: {why.strip()[:120]}")
-        return _run_floor(argv, console, release, timeout)
+    return retried_once("floor_failures", lambda: _run_floor(argv, console, release, timeout))
+
+
+def floor_min(p: Prepared, image: Path, initrd: Path, console: Path) -> float:
+    """One raw-QEMU boot of p's kernel image and initrd with the minimal argv."""
+    return run_floor(floor_argv_min(p.cell, image, initrd, console), console, p.kernel.release)
 
 
 def _run_floor(argv: list[str], console: Path, release: str, timeout: float) -> float:
@@ -267,7 +281,9 @@ def _run_floor(argv: list[str], console: Path, release: str, timeout: float) -> 
 
 # --- kmatrix ----------------------------------------------------------------------------------
 
-_INIT_UP = re.compile(r"kmatrix: userspace reached at ([0-9.]+)s")
+# The kernel's own timestamp for starting /init (in the dmesg kept at poweroff): the split
+# point between the kernel's boot and kmatrix's init (mounts, modules, agent).
+_RUN_INIT = re.compile(r"\[\s*([0-9.]+)\] Run /init as init process")
 
 
 def run_guest_api(p: Prepared, work: Path) -> dict[str, float]:
@@ -293,7 +309,8 @@ def run_guest_api(p: Prepared, work: Path) -> dict[str, float]:
         raise RuntimeError(f"{p.cell.id}: poweroff was not clean")
     rec = g.record
     assert rec.boot_seconds is not None and rec.userspace_uptime is not None
-    m = _INIT_UP.search(g.console_log.read_text(errors="replace"))
+    dmesg = g.outdir / "dmesg.log"
+    m = _RUN_INIT.search(dmesg.read_text(errors="replace") if dmesg.is_file() else "")
     init_up = float(m.group(1)) if m else None
     res = {
         "prepare": t1 - t0,
@@ -444,11 +461,7 @@ def vng_reason(p: Prepared) -> str | None:
 
 def run_vng(p: Prepared, verbose: bool = False) -> tuple[float, str]:
     """One vng run, retried once (it exited 255 with no output once here), and counted."""
-    try:
-        return _run_vng(p, verbose)
-    except RuntimeError as e:
-        S.notes["vng_failures"] = S.notes.get("vng_failures", "") + str(e)[:200] + "\n"
-        return _run_vng(p, verbose)
+    return retried_once("vng_failures", lambda: _run_vng(p, verbose))
 
 
 def _run_vng(p: Prepared, verbose: bool = False) -> tuple[float, str]:
@@ -549,8 +562,7 @@ def section_floor(preps: dict[str, Prepared], work: Path, reps: int) -> None:
         for i in range(reps):
             S.load("floor")
             S.add("other_qemus", other_qemus())
-            argv = floor_argv_min(p.cell, p.kernel.boot_image, initrd, console)
-            S.add(f"{k}.raw_min", run_floor(argv, console, p.kernel.release))
+            S.add(f"{k}.raw_min", floor_min(p, p.kernel.boot_image, initrd, console))
             S.add(f"{k}.raw_min_uptime", S.last_uptime)
             rundir = private_rundir("kmxb-")
             try:
@@ -621,12 +633,7 @@ def section_pvh(preps: dict[str, Prepared], work: Path, reps: int) -> None:
         for _ in range(reps):
             S.load("pvh")
             for label, img in (("bzimage", p.kernel.image), ("pvh", p.kernel.boot_image)):
-                S.add(
-                    f"pvh.{name}.{label}",
-                    run_floor(
-                        floor_argv_min(p.cell, img, initrd, console), console, p.kernel.release
-                    ),
-                )
+                S.add(f"pvh.{name}.{label}", floor_min(p, img, initrd, console))
         log(
             f"pvh {name}: bzImage {fmt(S.med(f'pvh.{name}.bzimage'))}"
             f" vmlinux {fmt(S.med(f'pvh.{name}.pvh'))}"
@@ -644,14 +651,7 @@ def section_initrd(preps: dict[str, Prepared], work: Path, reps: int) -> None:
     for _ in range(reps):
         S.load("initrd")
         for label, path in variants.items():
-            S.add(
-                f"initrd.{label}",
-                run_floor(
-                    floor_argv_min(p.cell, p.kernel.boot_image, path, console),
-                    console,
-                    p.kernel.release,
-                ),
-            )
+            S.add(f"initrd.{label}", floor_min(p, p.kernel.boot_image, path, console))
     log("initrd: " + ", ".join(f"{k} {fmt(S.med(f'initrd.{k}'))}" for k in variants))
 
 
@@ -669,6 +669,10 @@ def section_xdist(work: Path, reps: int) -> None:
             argv = pytest_argv(
                 DEFAULT_MATRIX, reports, str(ROOT / "testcases"), "-q", "-k", "boot", "-n", n
             )
+            recorded = work / "xdist-1" / "results.json"
+            if n == "2" and recorded.is_file():
+                # Durations recorded by the -n 1 run just before: the longest cells go first.
+                argv.append(f"--kmatrix-durations={recorded}")
             a = cpu_mark()
             seen, out, rc = timed_process(argv, {})
             b = cpu_mark()
@@ -700,7 +704,35 @@ def section_snapshot(preps: dict[str, Prepared], work: Path, reps: int) -> None:
     for _ in range(3):
         api = run_guest_api(p, work)
         S.add("snapshot.reboot_and_command", api["start"] + api["command"])
+    run_guest_restore(p, work)
     log(f"snapshot: {res}; restore {spread('snapshot.restore_and_command')}")
+
+
+def run_guest_restore(p: Prepared, work: Path, reps: int = 3) -> None:
+    """The runner's own path (what a kmatrix_clean test costs): Guest.snapshot() after boot,
+    then Guest.restore() (fd: migration under the seccomp sandbox, console and agent
+    reconnected, the outgoing kernel log kept, one command answered) plus `uname -r`."""
+    out = work / "guest-restore" / p.cell.slug
+    shutil.rmtree(out, ignore_errors=True)
+    g = Guest(p.cell, out, accel="tcg")
+    g.prepare()
+    try:
+        g.start()
+        if not g.snapshot():
+            raise RuntimeError(f"Guest.snapshot() failed: {g.record.snapshot_error}")
+        assert g.record.snapshot_seconds is not None
+        S.add("snapshot.guest_save", g.record.snapshot_seconds)
+        for _ in range(reps):
+            assert g.session is not None
+            g.session.run("echo dirt > /tmp/dirt", timeout=60, check=True)
+            t0 = time.monotonic()
+            g.restore("benchmark")
+            assert g.session is not None
+            r = g.session.run("uname -r", timeout=60, check=True)
+            assert r.stdout.strip() == p.kernel.release, r.stdout
+            S.add("snapshot.guest_restore_and_command", time.monotonic() - t0)
+    finally:
+        g.stop(collect=False)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -716,6 +748,11 @@ def verdict(value: float | None, target: float, higher_is_better: bool = False) 
 def report(sections: Sequence[str], reps: int, started: float) -> str:
     out: list[str] = []
     w = out.append
+
+    def head(title: str) -> None:
+        w("")
+        w(f"== {title} ==")
+
     loads = {k: f"{statistics.median(v):.1f} (max {max(v):.1f})" for k, v in S.loads.items()}
     w(
         f"kmatrix benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()}"
@@ -730,8 +767,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
     if "floor" in sections:
         for name in FLOOR_KERNELS:
             k = f"floor.{name}"
-            w("")
-            w(f"== {name}: boot to `uname -r` and poweroff ==")
+            head(f"{name}: boot to `uname -r` and poweroff")
             w(f"  floor: raw QEMU, minimal argv           {spread(k + '.raw_min')}")
             w(f"  floor: raw QEMU, kmatrix's argv         {spread(k + '.raw_kmx_argv')}")
             w(f"  kmatrix library (Guest, no pytest)      {spread(k + '.api.boot_cmd_off')}")
@@ -747,7 +783,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             w(f"    before the guest clock (fw, load)    {fmt(S.med(k + '.api.pre_kernel'))}")
             w(f"    kernel start to /init (guest uptime) {fmt(S.med(k + '.api.init_uptime'))}"
               f"  (floor: {fmt(S.med(k + '.raw_min_uptime'))} to its command)")  # fmt: skip
-            w(f"    /init to agent hello (modules)       {fmt(S.med(k + '.api.init_to_agent'))}")
+            w(f"    /init to agent hello (mounts, mods)  {fmt(S.med(k + '.api.init_to_agent'))}")
             w(f"    `uname -r` over the agent            {fmt(S.med(k + '.api.command'))}")
             w(f"    poweroff                             {fmt(S.med(k + '.api.poweroff'))}")
             r1 = ratio(k + ".pytest.first_result", k + ".raw_min")
@@ -762,8 +798,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             w(f"  ratio pytest cell done / floor         {fmt(r3, 'x')}")
             w(f"  ratio kmatrix argv / minimal argv      {fmt(r4, 'x')}")
     if "vng" in sections:
-        w("")
-        w("== virtme-ng: `vng --disable-kvm --run KERNEL --exec 'uname -r'` ==")
+        head("virtme-ng: `vng --disable-kvm --run KERNEL --exec 'uname -r'`")
         for name in FLOOR_KERNELS:
             k = f"vng.{name}"
             if k in S.notes:
@@ -799,8 +834,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
                     ):
                         w(f"    {t:7.2f}s  {msg[:90]}")
     if "cell" in sections:
-        w("")
-        w("== one whole cell, every suite (pytest testcases -k CELL) ==")
+        head("one whole cell, every suite (pytest testcases -k CELL)")
         for name in FLOOR_KERNELS:
             k = f"cell.{name}"
             suites = {
@@ -814,8 +848,7 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         for line in S.notes.get("cell.failures", "").splitlines():
             w(f"  failed under load: {line}")
     if "pvh" in sections:
-        w("")
-        w("== bzImage vs extracted PVH vmlinux (raw QEMU floor, minimal argv) ==")
+        head("bzImage vs extracted PVH vmlinux (raw QEMU floor, minimal argv)")
         found = (re.fullmatch(r"pvh\.(.+)\.(?:bzimage|pvh)", key) for key in S.data)
         names = sorted({m.group(1) for m in found if m})
         for name in names:
@@ -826,16 +859,14 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
                 f"   vmlinux {spread(f'pvh.{name}.pvh')}   {fmt(r, 'x')} faster {note}"
             )
     if "initrd" in sections:
-        w("")
-        w("== initramfs compression (deb-6.1-cloud, PVH, raw QEMU) ==")
+        head("initramfs compression (deb-6.1-cloud, PVH, raw QEMU)")
         for label in ("none", "gzip", "zstd", "busybox"):
             w(
                 f"  {label:<5} {S.notes.get(f'initrd.{label}.mib', '?'):>6}"
                 f" MiB  {spread(f'initrd.{label}')}"
             )
     if "xdist" in sections:
-        w("")
-        w("== default matrix, boot suite (-k boot): -n 1 vs -n 2 ==")
+        head("default matrix, boot suite (-k boot): -n 1 vs -n 2")
         w(
             f"  -n 1  {spread('xdist.n1')}  mean boot per cell {fmt(S.med('xdist.n1.boot_mean'))}"
             f"  ({S.notes.get('xdist.n1.cells', '?')} cells)"
@@ -852,10 +883,10 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
             f"  speed-up -n 2 over -n 1  {fmt(r, 'x')}  target >= {TARGET_XDIST}"
             f"x: {verdict(r, TARGET_XDIST, True)}"
         )
+        w("  (-n 2 hands out the longest cells first, by the -n 1 run's recorded durations)")
         w(f"  KVM probe verdict cache: {S.notes.get('xdist.accel_cache', '')}")
     if "snapshot" in sections:
-        w("")
-        w("== snapshot restore vs reboot (deb-6.1-cloud, to a `uname -r` answer) ==")
+        head("snapshot restore vs reboot (deb-6.1-cloud, to a `uname -r` answer)")
         w(f"  reboot (QEMU start, boot, command)     {spread('snapshot.reboot_and_command')}")
         w(f"  restore (-incoming from file, command) {spread('snapshot.restore_and_command')}")
         w(
@@ -864,6 +895,11 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         )
         r = ratio("snapshot.restore_and_command", "snapshot.reboot_and_command")
         w(f"  restore / reboot                       {fmt(r, 'x')}")
+        guest_restore = spread("snapshot.guest_restore_and_command")
+        w(f"  restore (Guest.restore(), command)     {guest_restore}")
+        w(f"  save once (Guest.snapshot())           {spread('snapshot.guest_save')}")
+        r = ratio("snapshot.guest_restore_and_command", "snapshot.reboot_and_command")
+        w(f"  Guest.restore() / reboot               {fmt(r, 'x')}")
     vng_failures = S.notes.get("vng_failures", "").strip()
     if vng_failures:
         w("")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmatrix.cache import cache_root, digest_bytes, locked
+from kmatrix.cache import cache_root, digest_bytes, host_boot_id, locked, remembered
 
 PROBE_TIMEOUT = 20.0
 
@@ -37,24 +37,26 @@ def kvm_openable() -> str | None:
 
 
 def qemu_version(qemu: str = "qemu-system-x86_64") -> str:
+    """The version line of this QEMU binary; asked once per binary, not per test or run
+    (spawning it cost 30-100 ms, and every test's JUnit properties carry it)."""
     path = shutil.which(qemu)
     if path is None:
         return "not installed"
-    try:
+
+    def ask() -> str:
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
+        return out.splitlines()[0].removeprefix("QEMU emulator version ").strip() if out else ""
+
+    try:
+        return remembered("qemu-version", Path(path), ask) or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return out.splitlines()[0].removeprefix("QEMU emulator version ").strip() if out else "unknown"
 
 
 def _probe_key() -> str:
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = "unknown"
-    return digest_bytes(boot_id, qemu_version())[:16]
+    return digest_bytes(host_boot_id(), qemu_version())[:16]
 
 
 def choose(requested: str, probe: Callable[[], str | None]) -> AccelChoice:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from kmatrix.cache import cache_root, digest_bytes, digest_file, locked
+from kmatrix.errors import BuildFailure as BuildFailure  # defined there: see errors.py
 from kmatrix.errors import InfraError, KmatrixError
 from kmatrix.matrix import BuildSpec
 from kmatrix.patches import (
@@ -62,18 +63,6 @@ _ERROR_RES = (
     re.compile(r"undefined reference to |^ld(?:\.\w+)?: .*(?:error|cannot)"),
     re.compile(r"^make(?:\[\d+\])?: \*\*\* "),
 )
-
-
-class BuildFailure(KmatrixError):
-    """The kernel did not build from its inputs (a patch conflicts, the compiler failed).
-
-    A kernel failure: its cells fail, not error. Carries the first compiler error and the log.
-    """
-
-    def __init__(self, message: str, log: Path | None = None, first_error: str = "") -> None:
-        self.log = log
-        self.first_error = first_error
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,20 @@ TAIL_CAP = 4 << 20
 
 
 class ConsoleRecorder:
-    def __init__(self, log: Path, head_cap: int = HEAD_CAP, tail_cap: int = TAIL_CAP) -> None:
+    def __init__(
+        self, log: Path, head_cap: int = HEAD_CAP, tail_cap: int = TAIL_CAP, append: bool = False
+    ) -> None:
         self.log = log
         self.head_cap = head_cap
         self.tail_cap = tail_cap
-        self.written = 0
         self.dropped = 0
         self.total = 0
         self._tail = bytearray()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._file = log.open("wb")
+        # append: a restored VM continues the log of the one it replaced; the cap counts both.
+        self._file = log.open("ab" if append else "wb")
+        self.written = self._file.tell()
         self._closed = False
         self.error: str | None = None
 
@@ -53,16 +56,20 @@ class ConsoleRecorder:
     def _drain(self) -> None:
         assert self._sock is not None
         try:
-            while True:
-                chunk = self._sock.recv(1 << 16)
-                if not chunk:
-                    break
-                self._take(chunk)
+            while chunk := self._sock.recv(1 << 16):
+                if self.error is not None:
+                    # Keep reading after a failed write: a console nobody drains blocks the
+                    # guest's UART, stalling its commands until their deadlines.
+                    self.total += len(chunk)
+                    self.dropped += len(chunk)
+                    continue
+                try:
+                    self._take(chunk)
+                except Exception as e:  # e.g. disk full: keep the reason
+                    self.error = f"console log write failed: {e}"
         except OSError as e:
             if not self._closed:
                 self.error = f"console read failed: {e}"
-        except Exception as e:  # e.g. disk full while writing: keep the reason, stop cleanly
-            self.error = f"console log write failed: {e}"
 
     def _take(self, chunk: bytes) -> None:
         self.total += len(chunk)

@@ -14,6 +14,20 @@ class KmatrixError(Exception):
     """Base of every error kmatrix raises on purpose."""
 
 
+class BuildFailure(KmatrixError):
+    """The kernel did not build from its inputs (a patch conflicts, the compiler failed).
+
+    A kernel failure: its cells fail, not error. Carries the first compiler error and the log.
+    Defined here, not in kmatrix.build, so the plugin need not import the builder (and its
+    patch and mail parsing, ~15 ms) before the first boot.
+    """
+
+    def __init__(self, message: str, log: Path | None = None, first_error: str = "") -> None:
+        self.log = log
+        self.first_error = first_error
+        super().__init__(message)
+
+
 class InputError(KmatrixError):
     """Bad input from the user: a matrix, a kernel file, a profile. Never retried."""
 

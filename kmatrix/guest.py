@@ -8,12 +8,15 @@ BootFailure (the kernel's fault); QEMU or host trouble is an InfraError.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from kmatrix import accel as accel_mod
+from kmatrix import snapshot as snap
 from kmatrix.console import ConsoleRecorder
 from kmatrix.errors import GuestDied, GuestError, GuestTimeout, KmatrixError, VMError
 from kmatrix.image import ModuleIndex, base_modules, build_image, channel_for
@@ -24,6 +27,7 @@ from kmatrix.qemu_argv import BootPaths, build_argv
 from kmatrix.session import GuestSession
 
 CONSOLE_TAIL_LINES = 60
+_PRINTK_TIME = re.compile(r"\[\s*(\d+\.\d+)\]")
 
 
 class BootFailure(KmatrixError):
@@ -71,6 +75,12 @@ class BootRecord:
     attempts: list[str] = field(default_factory=list)  # infra failures that were retried
     console_bytes: int = 0
     console_dropped: int = 0
+    snapshot_seconds: float | None = None  # saving the just-booted state (guest paused)
+    snapshot_mib: float | None = None
+    snapshot_error: str = ""  # why no snapshot was taken, when one was wanted
+    restores: int = 0  # times the VM was replaced by one started from the snapshot
+    restore_seconds: list[float] = field(default_factory=list)  # old VM out -> new one answers
+    restore_reasons: list[str] = field(default_factory=list)
 
 
 class Guest:
@@ -95,6 +105,8 @@ class Guest:
         self.recorder: ConsoleRecorder | None = None
         self.console_log = outdir / "console.log"
         self.scratch_disk: Path | None = None  # host file behind the scratch disk, this boot
+        self._snapshot: int | None = None  # unnamed file holding the just-booted VM state
+        self._snapshot_disk: int | None = None  # the scratch disk as it was at that moment
 
     # --- preparing ----------------------------------------------------------------------------
 
@@ -288,16 +300,162 @@ class Guest:
     def _close_recorder(self) -> None:
         if self.recorder is not None:
             self.recorder.close()
-            self.record.console_bytes = self.recorder.total
-            self.record.console_dropped = self.recorder.dropped
+            # += : a restored VM's recorder continues the same log.
+            self.record.console_bytes += self.recorder.total
+            self.record.console_dropped += self.recorder.dropped
             self.recorder = None
 
-    def save_dmesg(self) -> None:
+    def save_dmesg(self, name: str = "dmesg.log") -> None:
         """Keeps the whole kernel ring buffer (the console is quiet) beside the console log."""
         if self.alive and self.session is not None:
             with contextlib.suppress(KmatrixError, OSError):
                 dmesg = self.session.run("dmesg", timeout=20).stdout
-                (self.outdir / "dmesg.log").write_text(dmesg)
+                (self.outdir / name).write_text(dmesg)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
+    def snapshot(self, timeout: float = 60.0) -> bool:
+        """Saves the running guest's state for restore(), with a copy of the scratch disk
+        made at the same instant: the saved memory caches the disk's blocks, so a restored
+        guest needs the disk as it was then (a copy of a mostly sparse file costs
+        milliseconds; refusing would leave every profile with a disk without snapshots).
+        The guest is paused while saving. False, with record.snapshot_error, if QEMU
+        cannot save it (e.g. a migration blocker such as a passed-through host device)."""
+        m = self.machine
+        if not self.alive or m is None or m.qmp is None:
+            self.record.snapshot_error = "the guest was not running"
+            return False
+        self.discard_snapshot()
+        t0 = time.monotonic()
+        state = snap.unnamed_file()
+        disk: int | None = None
+        try:
+            snap.save(m.qmp, state, timeout)
+            if self.scratch_disk is not None:
+                disk = snap.unnamed_file()
+                with self.scratch_disk.open("rb") as f:
+                    snap.copy_sparse(f.fileno(), disk)
+        except (KmatrixError, OSError) as e:
+            os.close(state)
+            if disk is not None:
+                os.close(disk)
+            self.record.snapshot_error = str(e).splitlines()[0]
+        else:
+            self._snapshot, self._snapshot_disk = state, disk
+            self.record.snapshot_mib = round(os.fstat(state).st_size / 2**20, 1)
+            self.record.snapshot_error = ""
+        # Saved or not, the guest runs on (after a migration QEMU waits in postmigrate).
+        m.qmp.cmd("cont")
+        self.record.snapshot_seconds = round(time.monotonic() - t0, 3)
+        return self._snapshot is not None
+
+    def discard_snapshot(self) -> None:
+        for fd in (self._snapshot, self._snapshot_disk):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._snapshot = self._snapshot_disk = None
+
+    def restore(self, reason: str, timeout: float = 60.0) -> float:
+        """Replaces the VM with one started from the snapshot (-incoming), so the guest is as
+        it was right after boot; QMP, the console recorder (appending to the same log, after
+        a marker line) and the agent session are reconnected. The outgoing guest's kernel
+        log is kept as dmesg-before-restore-N.log. Returns the seconds taken (old VM out to
+        the new guest answering a command); VMError if the new VM does not come up."""
+        if self._snapshot is None:
+            raise VMError(f"{self.cell.id}: there is no snapshot to restore")
+        t0 = time.monotonic()
+        n = self.record.restores + 1
+        self._keep_dmesg_since_boot(f"dmesg-before-restore-{n}.log")
+        self._end_vm()
+        # The restored kernel's timestamps go back to the snapshot's: say so in the log.
+        with contextlib.suppress(OSError), self.console_log.open("a") as f:
+            f.write(
+                f"\n[kmatrix: restore {n} ({reason}): the VM restarts from the state saved "
+                "after boot; kernel timestamps below continue from that moment]\n"
+            )
+        sessions: list[GuestSession] = []
+        try:
+            self._launch_restored(n, reason, timeout, sessions)
+        except (KmatrixError, OSError) as e:
+            for s in sessions:
+                s.close()
+            self._end_vm()
+            raise VMError(f"{self.cell.id}: restoring the snapshot failed: {e}") from e
+        self.record.exitcode = None  # that of the VM which ends the cell, not of a replaced one
+        dt = time.monotonic() - t0
+        self.record.restores = n
+        self.record.restore_seconds.append(round(dt, 3))
+        self.record.restore_reasons.append(reason)
+        return dt
+
+    def _launch_restored(
+        self, n: int, reason: str, timeout: float, sessions: list[GuestSession]
+    ) -> None:
+        state = self._snapshot
+        assert state is not None
+        rundir = private_rundir()
+        argv = [*self._argv(self.record.accel, rundir, self.console_log), "-incoming", "defer"]
+        if self._snapshot_disk is not None and self.scratch_disk is not None:
+            with self.scratch_disk.open("r+b") as disk:
+                snap.copy_sparse(self._snapshot_disk, disk.fileno())
+        machine = Machine(argv, rundir, self.outdir / "qemu-restore.log", self.cell.id)
+        self.machine = machine
+        recorder = ConsoleRecorder(self.console_log, append=True)
+        self.recorder = recorder
+        if self._transcript is None:
+            self._transcript = (self.outdir / "commands.log").open("a", encoding="utf-8")
+        self._transcript.write(f"# restore {n}: {reason}\n")
+
+        def before_cont() -> None:
+            # Console and agent are connected before the guest runs: virtio-serial tells the
+            # guest when the host end closes, and the agent would take that for EOF and quit.
+            recorder.connect(rundir / "console.sock", 10.0)
+            try:
+                sessions.append(
+                    GuestSession.connect(
+                        rundir / "agent.sock", 10.0, machine.is_running, self.cell.id,
+                        self._transcript,
+                    )
+                )  # fmt: skip
+            except GuestError as e:
+                raise VMError(f"{self.cell.id}: {e}") from None
+            assert machine.qmp is not None
+            snap.load(machine.qmp, state, timeout)
+
+        machine.launch(before_cont=before_cont)
+        self.session = sessions[0]
+        # The saved agent was waiting for a request: one answer proves the guest runs.
+        self.session.run("true", timeout=30, check=True)
+
+    def _keep_dmesg_since_boot(self, name: str) -> None:
+        """The outgoing guest's kernel log from the agent's hello on (the boot part stays in
+        the snapshot and reaches dmesg.log at the end): nothing a test caused is lost."""
+        if not self.alive or self.session is None:
+            return
+        since = self.record.userspace_uptime or 0.0
+        with contextlib.suppress(KmatrixError, OSError):
+            keep, on = [], False
+            for line in self.session.run("dmesg", timeout=20).stdout.splitlines():
+                m = _PRINTK_TIME.match(line)
+                if m:
+                    on = float(m.group(1)) > since
+                if on:
+                    keep.append(line + "\n")
+            (self.outdir / name).write_text("".join(keep))
+
+    def _end_vm(self) -> None:
+        """Ends QEMU and the channels to it; transcript and snapshot stay for the next VM."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self.machine is not None:
+            self.machine.shutdown()
+        self._close_recorder()
 
     def stop(self, collect: bool = True) -> None:
         """Saves the kernel log if the guest still answers, then ends QEMU whatever state."""
@@ -313,6 +471,7 @@ class Guest:
                 if self.record.exitcode is None:
                     self.record.exitcode = self.machine.exitcode
             self._close_recorder()
+            self.discard_snapshot()
             if self._transcript is not None:
                 self._transcript.close()
                 self._transcript = None

@@ -29,6 +29,8 @@ HOST_PACKAGES: dict[str, str] = {
     "util-linux": "/usr/bin/chrt",
     "coreutils": "/usr/bin/nice",
     "pciutils": "/usr/share/misc/pci.ids",
+    # Static libc for the guest programs (images/programs/*.c, gcc -static).
+    "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).
     "gcc": "/usr/bin/gcc",
     "make": "/usr/bin/make",

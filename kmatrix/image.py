@@ -1,13 +1,17 @@
 """Guest image: the initramfs each cell boots, built from images/ and cached by content hash.
 
 Contents: busybox-static with its applet links, the init and agent from images/, host tools
-named by the recipe (copied with the shared libraries they need), and the kernel modules the
-cell needs with their dependencies, decompressed on the host so busybox insmod can load them.
+named by the recipe (copied with the shared libraries they need), small C programs from
+images/programs/ compiled static on the host (cached by source and compiler), and the kernel
+modules the cell needs with their dependencies, decompressed on the host so busybox modprobe
+can load them.
 An uncompressed cpio: under TCG, decompressing an initramfs costs more than reading it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import lzma
 import os
 import re
@@ -20,9 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from kmatrix.cache import cache_root, digest_bytes, digest_file, ensure_file
+from kmatrix.cache import cache_root, digest_bytes, ensure_file, file_stamp, stamped_digest
 from kmatrix.errors import ArtifactError, InfraError
+from kmatrix.hostsetup import run_tool
 from kmatrix.kernel import KernelArtifact
+from kmatrix.matrix import _compose, _Ctx
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 RECIPE_VERSION = "1"  # bump when the layout code below changes
@@ -34,19 +40,28 @@ class Recipe:
     files: tuple[tuple[Path, str], ...]  # (source in images/, destination in the guest)
     tools: tuple[Path, ...]  # host binaries copied with their libraries
     data: tuple[Path, ...] = ()  # host data files the tools read, copied to the same path
+    programs: tuple[tuple[Path, str], ...] = ()  # (C source in images/, guest path)
 
     def digest(self) -> str:
-        parts: list[bytes | str] = [RECIPE_VERSION, digest_file(self.busybox)]
+        parts: list[bytes | str] = [RECIPE_VERSION, stamped_digest(self.busybox)]
         for src, dst in self.files:
             parts += [dst, src.read_bytes()]
+        for src, dst in self.programs:
+            parts += [dst, program_key(src)]
         for t in (*self.tools, *self.data):
-            parts += [str(t), digest_file(t)]
+            parts += [str(t), stamped_digest(t)]
         return digest_bytes(*parts)
+
+
+_RECIPE_KEYS = ("busybox", "files", "tools", "data", "programs")
 
 
 def load_recipe(images_dir: Path = IMAGES_DIR) -> Recipe:
     path = images_dir / "recipe.yaml"
-    data = yaml.safe_load(path.read_text())
+    ctx = _Ctx(path)
+    node = _compose(path)
+    top = ctx.mapping(node, "", _RECIPE_KEYS)  # a misspelt section would be silently empty
+    data = ctx.value(node)
     busybox = Path(data.get("busybox", "/bin/busybox"))
     if not busybox.is_file():
         raise InfraError(f"{path}: busybox {busybox} not found (install busybox-static)")
@@ -61,7 +76,69 @@ def load_recipe(images_dir: Path = IMAGES_DIR) -> Recipe:
     for d in extra:
         if not d.is_absolute() or not d.is_file():
             raise InfraError(f"{path}: guest data file {d} is not an absolute path to a host file")
-    return Recipe(busybox=busybox, files=files, tools=tuple(tools), data=extra)
+    programs = _programs(ctx, images_dir, top["programs"][1]) if "programs" in top else ()
+    return Recipe(busybox=busybox, files=files, tools=tuple(tools), data=extra, programs=programs)
+
+
+def _programs(ctx: _Ctx, images_dir: Path, node: yaml.Node) -> tuple[tuple[Path, str], ...]:
+    """programs: {guest path: C source relative to images/}."""
+    if isinstance(node, yaml.ScalarNode) and ctx.value(node) is None:
+        return ()  # an empty section
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, "programs", "expected a mapping {guest path: C source}")
+    out: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    for knode, vnode in node.value:
+        dst = ctx.value(knode) if isinstance(knode, yaml.ScalarNode) else None
+        key = f"programs.{dst}"
+        if not isinstance(dst, str) or not dst.startswith("/") or dst.endswith("/"):
+            raise ctx.err(knode, key, "the guest path must be absolute, e.g. /usr/bin/kmx-vfio")
+        if ".." in dst.split("/") or os.path.normpath(dst) != dst:
+            raise ctx.err(knode, key, "the guest path must be normalised (no .., // or .)")
+        if dst in seen:
+            raise ctx.err(knode, key, "duplicate guest path")
+        seen.add(dst)
+        rel = ctx.string(vnode, key)
+        src = (images_dir / rel).resolve()
+        if not src.is_file():
+            raise ctx.err(vnode, key, f"C source {rel!r} not found in {images_dir}")
+        if src.suffix != ".c":
+            raise ctx.err(vnode, key, f"{rel!r} is not a C source (.c)")
+        out.append((src, dst))
+    return tuple(out)
+
+
+# --- guest programs -------------------------------------------------------------------------
+
+# Static: the guest has busybox and no libc. -Werror: a warning in a test tool is a bug.
+PROGRAM_CFLAGS = ("-static", "-Os", "-Wall", "-Werror")
+
+
+@functools.cache
+def _gcc_version() -> str:
+    return run_tool(["gcc", "--version"], "guest programs")
+
+
+def program_key(src: Path) -> str:
+    """What the compiled binary depends on: the source, the compiler and the flags."""
+    return digest_bytes(src.read_bytes(), _gcc_version(), *PROGRAM_CFLAGS)
+
+
+def compile_program(src: Path) -> Path:
+    """The static binary built from src, compiled once per source and compiler."""
+    dest = cache_root() / "programs" / f"{src.stem}-{program_key(src)[:24]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def build(tmp: Path) -> None:
+        what = f"compiling guest program {src}"
+        try:
+            run_tool(["gcc", *PROGRAM_CFLAGS, "-o", str(tmp), str(src)], what, timeout=300)
+        except ArtifactError as e:
+            if "cannot find -lc" in str(e):  # gcc -static needs libc.a
+                raise ArtifactError(f"{e} (install libc6-dev: `kmatrix setup`)") from None
+            raise
+
+    return ensure_file(dest, build)
 
 
 # --- modules ----------------------------------------------------------------------------------
@@ -85,6 +162,18 @@ class ModuleIndex:
     def load(cls, modules_dir: Path | None) -> ModuleIndex:
         if modules_dir is None or not (modules_dir / "modules.dep").is_file():
             return cls({}, {}, frozenset())
+        # Parsed once per process and kernel (a cell's prepare and its image both need it).
+        stamps = []
+        for name in ("modules.dep", "modules.builtin"):
+            with contextlib.suppress(OSError):
+                stamps.append(file_stamp((modules_dir / name).stat()))
+        key = (str(modules_dir), *stamps)
+        if key not in _INDEXES:
+            _INDEXES[key] = cls._parse(modules_dir)
+        return _INDEXES[key]
+
+    @classmethod
+    def _parse(cls, modules_dir: Path) -> ModuleIndex:
         deps: dict[str, tuple[str, ...]] = {}
         for line in (modules_dir / "modules.dep").read_text().splitlines():
             if ":" in line:
@@ -122,6 +211,9 @@ class ModuleIndex:
             if p is not None:
                 visit(p)
         return order
+
+
+_INDEXES: dict[tuple[str, ...], ModuleIndex] = {}
 
 
 def channel_for(kernel: KernelArtifact, index: ModuleIndex) -> str:
@@ -215,6 +307,13 @@ def _stage(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         target.chmod(0o755)
+    for src, dst in recipe.programs:
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():  # a busybox applet: copying would overwrite busybox itself
+            target.unlink()
+        shutil.copyfile(compile_program(src), target)
+        target.chmod(0o755)
     for tool in recipe.tools:
         for f in [tool, *_shared_libs(tool)]:
             target = root / str(f).lstrip("/")
@@ -282,7 +381,7 @@ def build_image(
     key_parts: list[bytes | str] = [recipe.digest(), kernel.release]
     for rel in load:
         assert kernel.modules_dir is not None
-        key_parts += [rel, digest_file(kernel.modules_dir / rel)]
+        key_parts += [rel, stamped_digest(kernel.modules_dir / rel)]
     key = digest_bytes(*key_parts)[:24]
     dest = cache_root() / "images" / f"initramfs-{key}.cpio"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmatrix import bzimage
-from kmatrix.cache import cache_root, digest_file, ensure_dir, ensure_file, locked
+from kmatrix.cache import cache_root, ensure_dir, ensure_file, locked, stamped_digest
 from kmatrix.errors import ArtifactError
 from kmatrix.hostsetup import run_tool
 from kmatrix.matrix import KernelSpec
@@ -88,7 +88,7 @@ def fetch_deb(package: str, origin: str) -> Path:
 
 
 def unpack_deb(deb: Path, origin: str) -> Path:
-    dest = cache_root() / "kernels" / f"deb-{digest_file(deb)[:20]}"
+    dest = cache_root() / "kernels" / f"deb-{stamped_digest(deb)[:20]}"
 
     def build(tmp: Path) -> None:
         _run(["dpkg-deb", "-x", str(deb), str(tmp)], tmp, f"{origin}: unpacking {deb.name}")
@@ -114,7 +114,7 @@ def extracted_vmlinux(info: bzimage.KernelImageInfo) -> bzimage.KernelImageInfo 
     """
     if info.kind != "bzimage" or info.compression is None:
         return None
-    dest = cache_root() / "vmlinux" / f"{digest_file(info.path)[:24]}.elf"
+    dest = cache_root() / "vmlinux" / f"{stamped_digest(info.path)[:24]}.elf"
     dest.parent.mkdir(parents=True, exist_ok=True)
     ensure_file(dest, lambda tmp: bzimage.extract_vmlinux(info, tmp))
     elf = bzimage.read_kernel_image(dest)

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from kmatrix.cache import host_boot_id, remembered
 from kmatrix.errors import GuestTimeout, VMError
 from kmatrix.qmp import QMP
 
@@ -55,17 +56,25 @@ _TCG_MISSING = re.compile(r"TCG doesn't support requested feature: CPUID\.\w+:\w
 
 @lru_cache(maxsize=4)
 def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
-    """Whether this QEMU was built with seccomp (-sandbox); asked once per process."""
-    try:
+    """Whether this QEMU was built with seccomp (-sandbox) and the host allows it; asked once
+    per binary and host boot (the probe QEMU cost ~30 ms on every run's first boot)."""
+    path = shutil.which(qemu)
+    if path is None:
+        return False
+
+    def ask() -> str:
         p = subprocess.run(
-            [qemu, "-sandbox", "on", "-M", "none", "-display", "none", "-nodefaults",
+            [path, "-sandbox", "on", "-M", "none", "-display", "none", "-nodefaults",
              "-no-user-config", "-S", "-qmp", "stdio"],
             input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
+        return "yes" if p.returncode == 0 else "no"
+
+    try:
+        return remembered("qemu-sandbox", Path(path), ask, extra=host_boot_id()) == "yes"
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return p.returncode == 0
+        return False  # not remembered: a loaded host may answer next time
 
 
 class Machine:

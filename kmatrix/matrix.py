@@ -10,17 +10,25 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kmatrix.errors import MatrixError
+from kmatrix.hostpci import parse_address
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 ACCELS = ("auto", "kvm", "tcg")
+IOMMUS = ("none", "intel")
+MAX_GPU_STUBS = 8
+MAX_NUMA_NODES = 7  # one PCIe expander bridge per node, 32 bus numbers apart below 256
+# QEMU's x86 CPU models default to 40 physical address bits (1 TiB of guest physical space);
+# a 64-bit window must sit above RAM and below that, naturally aligned for its largest BAR.
+MAX_MMIO64 = 256 << 30
+SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]?)i?B?$", re.IGNORECASE)
 MACHINES = ("q35", "pc")
 CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")  # make targets a build may start from
 EXPECT_OUTCOMES = ("pass", "no-boot", "build-fail", "fail")
@@ -108,6 +116,33 @@ class MemoryHotplug:
 
 
 @dataclass(frozen=True)
+class GpuStub:
+    """One stand-in GPU: an ivshmem-plain device whose 64-bit prefetchable BAR 2 is backed by
+    host memory, behind its own PCIe root port."""
+
+    id: str  # QEMU device id (gpu0, gpu1, ...)
+    bar: int  # bytes, a power of two
+    root_port: str  # QEMU id of the root port it sits behind
+    numa_node: int | None = None  # guest NUMA node of its expander bridge; None: no NUMA
+
+
+@dataclass(frozen=True)
+class GpuStubs:
+    stubs: tuple[GpuStub, ...]
+    vfio: bool = True  # the driver suite binds them to vfio-pci
+    origin: str = ""  # "file:line" of the gpu_stubs key
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """A host PCI device passed through with vfio-pci; checked on the host before boot."""
+
+    address: str  # canonical DDDD:BB:SS.F
+    id: str  # QEMU device id
+    origin: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     name: str
     machine: str = "q35"
@@ -124,6 +159,11 @@ class DeviceProfile:
     scratch_disk: ScratchDisk | None = None
     hotplug: tuple[str, ...] = ()  # device ids the driver suite may unplug and re-plug
     memory_hotplug: MemoryHotplug | None = None
+    iommu: str = "none"  # "intel": an emulated VT-d (intel-iommu) with interrupt remapping
+    mmio64: int | None = None  # bytes of the 64-bit PCI MMIO window (q35 pci-hole64-size)
+    numa_nodes: int = 0  # guest NUMA nodes (0: none); memory and vCPUs are split evenly
+    gpu_stubs: GpuStubs | None = None
+    host_devices: tuple[HostDevice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +336,12 @@ class _Ctx:
         if not lo <= v <= hi:
             raise self.err(node, key, f"{v} is out of range [{lo:g}, {hi:g}]")
         return float(v)
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        v = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(v, bool):
+            raise self.err(node, key, f"expected true or false, got {_describe(self, node)}")
+        return v
 
     def strings(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         """A list of strings; a single string is accepted as a one-item list."""
@@ -596,6 +642,11 @@ def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
             "scratch_disk",
             "hotplug",
             "memory_hotplug",
+            "iommu",
+            "mmio64",
+            "numa_nodes",
+            "gpu_stubs",
+            "host_devices",
         ),
         ("name",),
     )
@@ -641,7 +692,7 @@ def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
                 driver=ctx.string(em["driver"][1], f"{ekey}.driver") if "driver" in em else None,
             )
         )
-    return DeviceProfile(
+    profile = DeviceProfile(
         name=name,
         description=ctx.string(m["description"][1], f"{pre}description")
         if "description" in m
@@ -669,6 +720,228 @@ def _profile(ctx: _Ctx, node: yaml.Node, where: str) -> DeviceProfile:
         memory_hotplug=_memory_hotplug(ctx, m["memory_hotplug"][1], f"{pre}memory_hotplug")
         if "memory_hotplug" in m
         else None,
+    )
+    return _pcie_topology(ctx, m, pre, profile, ids)
+
+
+def _size(ctx: _Ctx, node: yaml.Node, key: str, lo: int, hi: int) -> int:
+    """A byte size: an integer, or a number with a binary suffix (64G, 512M, 1T)."""
+    v = ctx.value(node) if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    else:
+        mt = SIZE_RE.match(str(v)) if isinstance(v, str) else None
+        if mt is None:
+            raise ctx.err(
+                node, key, f"expected a size such as 1G or 512M, got {_describe(ctx, node)}"
+            )
+        n = int(mt.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[mt.group(2).upper()]
+    if not lo <= n <= hi:
+        raise ctx.err(node, key, f"{fmt_size(n)} is out of range [{fmt_size(lo)}, {fmt_size(hi)}]")
+    return n
+
+
+def fmt_size(n: int) -> str:
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def _pcie_topology(
+    ctx: _Ctx,
+    m: dict[str, tuple[yaml.Node, yaml.Node]],
+    pre: str,
+    profile: DeviceProfile,
+    ids: dict[str, int],
+) -> DeviceProfile:
+    """Adds what iommu, mmio64, numa_nodes, gpu_stubs and host_devices ask for to the profile's
+    own devices, so the QEMU command line, the hot-plug test and the reports see plain devices."""
+    stubs_node = m["gpu_stubs"][1] if "gpu_stubs" in m else None
+    hosts_node = m["host_devices"][1] if "host_devices" in m else None
+    wants_pcie = stubs_node is not None or hosts_node is not None or "numa_nodes" in m
+    if wants_pcie and profile.machine != "q35":
+        first = next(k for k in ("gpu_stubs", "host_devices", "numa_nodes") if k in m)
+        raise ctx.err(m[first][0], f"{pre}{first}", "needs machine: q35 (PCIe root ports)")
+    numa = 0
+    if "numa_nodes" in m:
+        numa = int(ctx.number(m["numa_nodes"][1], f"{pre}numa_nodes", 2, MAX_NUMA_NODES, True))
+        if profile.memory_hotplug is not None:
+            raise ctx.err(
+                m["numa_nodes"][0],
+                f"{pre}numa_nodes",
+                "cannot be combined with memory_hotplug (hot-added DIMMs need a node each)",
+            )
+
+    stubs: GpuStubs | None = None
+    bar_node: yaml.Node | None = stubs_node
+    vfio_wanted = False
+    if stubs_node is not None:
+        skey = f"{pre}gpu_stubs"
+        sm = ctx.mapping(stubs_node, skey, ("count", "bar", "vfio"))
+        count = (
+            int(ctx.number(sm["count"][1], f"{skey}.count", 1, MAX_GPU_STUBS, True))
+            if "count" in sm
+            else 1
+        )
+        bar = (
+            _size(ctx, sm["bar"][1], f"{skey}.bar", 1 << 20, MAX_MMIO64) if "bar" in sm else 1 << 30
+        )
+        if bar & (bar - 1):
+            # PCI BARs are powers of two; ivshmem would round up and the guest see another size.
+            raise ctx.err(sm["bar"][1], f"{skey}.bar", f"{fmt_size(bar)} is not a power of two")
+        vfio = ctx.boolean(sm["vfio"][1], f"{skey}.vfio") if "vfio" in sm else True
+        if "bar" in sm:
+            bar_node = sm["bar"][1]
+        vfio_wanted = vfio
+        placed = []
+        for i in range(count):
+            sid = f"gpu{i}"
+            if sid in ids:
+                raise ctx.err(stubs_node, skey, f"the stub id {sid!r} is already a device id")
+            placed.append(
+                GpuStub(
+                    id=sid, bar=bar, root_port=f"kmx-gpurp{i}", numa_node=i % numa if numa else None
+                )
+            )
+        stubs = GpuStubs(
+            stubs=tuple(placed), vfio=vfio, origin=f"{ctx.path}:{stubs_node.start_mark.line + 1}"
+        )
+
+    hosts: list[HostDevice] = []
+    if hosts_node is not None:
+        hkey = f"{pre}host_devices"
+        for i, hnode in enumerate(ctx.seq(hosts_node, hkey, nonempty=True)):
+            ikey = f"{hkey}[{i}]"
+            hm = ctx.mapping(hnode, ikey, ("host",), ("host",))
+            hnode_value = hm["host"][1]
+            # The text as written: YAML 1.1 would read an unquoted 01:00.0 as a base-60 number.
+            raw = hnode_value.value if isinstance(hnode_value, yaml.ScalarNode) else None
+            try:
+                addr = parse_address(raw)
+            except ValueError as e:
+                raise ctx.err(hm["host"][1], f"{ikey}.host", str(e)) from None
+            if any(h.address == addr for h in hosts):
+                raise ctx.err(hm["host"][1], f"{ikey}.host", f"{addr} is listed twice")
+            hosts.append(
+                HostDevice(
+                    address=addr, id=f"host{i}", origin=f"{ctx.path}:{hnode.start_mark.line + 1}"
+                )
+            )
+        vfio_wanted = True
+
+    iommu = "none"
+    if "iommu" in m:
+        iommu = ctx.choice(m["iommu"][1], f"{pre}iommu", IOMMUS)
+    elif vfio_wanted:
+        iommu = "intel"  # VFIO needs an IOMMU in the guest
+    if iommu != "none" and profile.machine != "q35":
+        raise ctx.err(m["iommu"][1], f"{pre}iommu", "intel-iommu needs machine: q35")
+    if vfio_wanted and iommu == "none":
+        what = "gpu_stubs.vfio" if stubs is not None and stubs.vfio else "host_devices"
+        raise ctx.err(
+            m["iommu"][1], f"{pre}iommu", f"{what} needs an IOMMU in the guest (iommu: intel)"
+        )
+
+    total = sum(s.bar for s in stubs.stubs) if stubs else 0
+    mmio64: int | None = None
+    if "mmio64" in m:
+        mnode = m["mmio64"][1]
+        mmio64 = _size(ctx, mnode, f"{pre}mmio64", 1 << 30, MAX_MMIO64)
+        if stubs is not None and total > mmio64:
+            # Powers of two sorted largest first pack without gaps: the sum is what they need.
+            n = len(stubs.stubs)
+            raise ctx.err(
+                bar_node,
+                f"{pre}gpu_stubs.bar",
+                f"BAR 2 of {'each of the ' + str(n) + ' GPU stubs' if n > 1 else 'the GPU stub'} "
+                f"({fmt_size(stubs.stubs[0].bar)}, 64-bit prefetchable; {fmt_size(total)} in all) "
+                f"cannot fit the {fmt_size(mmio64)} 64-bit MMIO window (mmio64, line "
+                f"{mnode.start_mark.line + 1}); raise mmio64 or lower gpu_stubs.bar or count",
+            )
+    elif stubs is not None:
+        # Sized to fit: the next power of two above what the stubs need, at least QEMU's 32 GiB.
+        mmio64 = max(32 << 30, 1 << (total - 1).bit_length())
+        if mmio64 > MAX_MMIO64:
+            raise ctx.err(
+                stubs_node,
+                f"{pre}gpu_stubs",
+                f"{len(stubs.stubs)} BARs of {fmt_size(stubs.stubs[0].bar)} need a "
+                f"{fmt_size(mmio64)} 64-bit MMIO window; at most {fmt_size(MAX_MMIO64)} fits "
+                "the guest's 40-bit physical address space",
+            )
+
+    devices = list(profile.devices)
+    objects = list(profile.objects)
+    machine_props = list(profile.machine_props)
+    kernel_args = list(profile.kernel_args)
+    modules = list(profile.modules)
+    globals_ = list(profile.globals)
+    if iommu == "intel":
+        # Interrupt remapping needs the split irqchip; caching-mode lets VFIO map guest DMA.
+        if not any(k == "kernel-irqchip" for k, _ in machine_props):
+            machine_props.append(("kernel-irqchip", "split"))
+        devices.insert(
+            0, QemuDevice("intel-iommu", "kmx-iommu", (("intremap", "on"), ("caching-mode", "on")))
+        )
+        if not any(a.startswith("intel_iommu=") for a in kernel_args):
+            kernel_args.append("intel_iommu=on")
+    if mmio64 is not None:
+        globals_.append(f"q35-pcihost.pci-hole64-size={mmio64}")
+    if numa:
+        for k in range(numa):
+            devices.append(
+                QemuDevice(
+                    "pxb-pcie",
+                    f"kmx-pxb{k}",
+                    (("bus_nr", str(32 * (k + 1))), ("numa_node", str(k)), ("bus", "pcie.0")),
+                )
+            )
+        # An expander bridge has no I/O-port window: without this Linux logs failures while
+        # reserving I/O space for its empty hot-plug ports (the stubs need none).
+        kernel_args.append("pci=hpiosize=0")
+    chassis = 0x40
+    for s in stubs.stubs if stubs else ():
+        bus = f"kmx-pxb{s.numa_node}" if s.numa_node is not None else "pcie.0"
+        devices.append(
+            QemuDevice("pcie-root-port", s.root_port, (("bus", bus), ("chassis", str(chassis))))
+        )
+        chassis += 1
+        # reserve=off: the host commits no memory up front, so large BARs cost nothing until
+        # the guest touches them.
+        objects.append(
+            QemuObject(
+                "memory-backend-ram", f"kmx-{s.id}-mem", (("size", str(s.bar)), ("reserve", "off"))
+            )
+        )
+        # master=on: the stub's memory migrates with the VM; the default (a peer) blocks
+        # migration, and with it the post-boot snapshot kmatrix_clean tests restore.
+        props = (("bus", s.root_port), ("memdev", f"kmx-{s.id}-mem"), ("master", "on"))
+        devices.append(QemuDevice("ivshmem-plain", s.id, props))
+    for h in hosts:
+        port = f"kmx-hostrp{h.id.removeprefix('host')}"
+        devices.append(
+            QemuDevice("pcie-root-port", port, (("bus", "pcie.0"), ("chassis", str(chassis))))
+        )
+        chassis += 1
+        devices.append(QemuDevice("vfio-pci", h.id, (("host", h.address), ("bus", port))))
+    if vfio_wanted:
+        for mod in ("vfio_pci", "vfio_iommu_type1"):
+            if mod not in modules:
+                modules.append(mod)
+    return replace(
+        profile,
+        devices=tuple(devices),
+        objects=tuple(objects),
+        machine_props=tuple(machine_props),
+        kernel_args=tuple(kernel_args),
+        modules=tuple(modules),
+        globals=tuple(globals_),
+        iommu=iommu,
+        mmio64=mmio64,
+        numa_nodes=numa,
+        gpu_stubs=stubs,
+        host_devices=tuple(hosts),
     )
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from kmatrix.errors import InputError
-from kmatrix.results import write_json_atomic
-from kmatrix.runs import FAILING, Run, load_runs
+from kmatrix.reports import ReportOptions, add_report_arguments, write_reports
+from kmatrix.runs import FAILING, Run, load_runs, write_json_atomic
 
 
 @dataclass
@@ -296,27 +296,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="SHARD_DIR",
         help="a shard's reports directory or results.json (a directory of them counts as all)",
     )
-    sp.add_argument(
-        "--baseline", action="append", type=Path, default=[], help="earlier run; repeatable"
-    )
-    sp.add_argument("--known-issues", type=Path, help="known-issues YAML")
-    sp.add_argument("--kcidb-origin", default="kmatrix", help="KCIDB origin (kmatrix)")
-    sp.add_argument("--artifacts-url", help="where the merged directory is published")
+    add_report_arguments(sp, "merged directory")
 
 
 def command(args: argparse.Namespace) -> int:
-    from kmatrix.reports import ReportOptions, write_reports
-
     res = merge_runs(args.out, args.shards)
-    written = write_reports(
-        args.out,
-        ReportOptions(
-            baseline=args.baseline,
-            known_issues=args.known_issues,
-            kcidb_origin=args.kcidb_origin,
-            artifacts_url=args.artifacts_url,
-        ),
-    )
+    written = write_reports(args.out, ReportOptions.from_args(args))
     res.report_errors = dict(written.errors)
     print(summary(res))
     for path in written.written.values():

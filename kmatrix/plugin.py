@@ -22,9 +22,16 @@ import pytest
 
 from kmatrix import __version__, progress, shard
 from kmatrix.accel import qemu_version
-from kmatrix.build import BuildFailure
-from kmatrix.errors import GuestError, InfraError, InputError, KmatrixError, MatrixError
+from kmatrix.errors import (
+    BuildFailure,
+    GuestError,
+    InfraError,
+    InputError,
+    KmatrixError,
+    MatrixError,
+)
 from kmatrix.guest import BootFailure, Guest, console_tail
+from kmatrix.hostpci import check_host_devices
 from kmatrix.kernel import KernelArtifact
 from kmatrix.logparse import findings_summary, parse_kernel_log
 from kmatrix.machine import kill_all
@@ -80,7 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption(
         "--kmatrix-durations",
         metavar="RESULTS_JSON",
-        help="an earlier results.json whose per-cell durations balance the shards",
+        help="an earlier results.json whose durations balance the shards and order the cells "
+        "handed to xdist workers (default for -n: the last results.json in the reports dir)",
     )
     progress.add_option(g)
     g.addoption(
@@ -121,6 +129,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, doc in SUITE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     config.addinivalue_line("markers", "kmatrix_final: run last within its cell (e.g. poweroff)")
+    config.addinivalue_line(
+        "markers",
+        "kmatrix_clean: run on a just-booted guest (the cell's post-boot snapshot restored, "
+        "else a reboot)",
+    )
     path = _matrix_path(config)
     try:
         matrix = load_matrix(path) if path is not None else None
@@ -216,6 +229,23 @@ def pytest_collection_modifyitems(
     spec = config.getoption("kmatrix_shard")
     if spec:
         _select_shard(config, items, spec)
+    _plan_snapshots(config, items)
+
+
+def _plan_snapshots(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cells whose first boot is saved for restores: those with a kmatrix_clean test that is
+    not the cell's first (the first one gets the fresh boot anyway)."""
+    pool = config.stash.get(POOL_KEY, None)
+    if pool is None:
+        return
+    seen: set[str] = set()
+    for it in items:
+        c = cell_of(it)
+        if c is None:
+            continue
+        if c.id in seen and it.get_closest_marker("kmatrix_clean"):
+            pool.snapshot_cells.add(c.id)
+        seen.add(c.id)
 
 
 class NoBootFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
@@ -281,9 +311,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     ids = sorted((c.id for c in config.stash[MATRIX_KEY].cells), key=len, reverse=True)  # type: ignore[union-attr]
+    durations = _recorded_durations(config)
 
     class CellScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        """Whole cells to a worker: the scope of a test is its cell id."""
+        """Whole cells to a worker: the scope of a test is its cell id. With recorded
+        durations, the longest cells are handed out first (see shard.longest_first)."""
+
+        ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
             params = nodeid[nodeid.find("[") :] if "[" in nodeid else ""
@@ -292,7 +326,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                     return cid
             return str(super()._split_scope(nodeid))
 
+        def _assign_work_unit(self, node: Any) -> None:
+            # The first call comes right after schedule() filled the queue: reorder it once.
+            if durations and not self.ordered:
+                self.ordered = True
+                units = {scope: list(unit) for scope, unit in self.workqueue.items()}
+                queue = [(s, self.workqueue[s]) for s in shard.longest_first(units, durations)]
+                self.workqueue.clear()
+                self.workqueue.update(queue)
+            super()._assign_work_unit(node)
+
     return CellScheduling(config, log)
+
+
+def _recorded_durations(config: pytest.Config) -> dict[str, float]:
+    """Per-test durations from --kmatrix-durations, else from the last run's results.json in
+    the reports directory (this run replaces it only at its end); {} when there are none."""
+    given = config.getoption("kmatrix_durations")
+    if given:
+        try:
+            return shard.durations_by_test(Path(given))
+        except InputError as e:
+            raise pytest.UsageError(f"kmatrix: {e}") from None
+    last = config.stash[POOL_KEY].reports / "results.json"
+    try:
+        return shard.durations_by_test(last) if last.is_file() else {}
+    except InputError:
+        return {}  # a damaged leftover only costs the ordering
 
 
 # --- the pool of booted cells ----------------------------------------------------------------
@@ -311,7 +371,12 @@ class CellPool:
         self.failures: dict[str, BaseException] = {}  # cell id -> boot failure (kernel's fault)
         self.deaths: dict[str, str] = {}  # cell id -> how its VM died mid-run
         self.errors: dict[str, KmatrixError] = {}  # cell id -> set-up error (input, infra)
+        self.skips: dict[str, str] = {}  # cell id -> why its host cannot run it ("" if it can)
         self.retries = retries
+        self.snapshot_cells: set[str] = set()  # cells saved after boot (see _plan_snapshots)
+        self.dirty: set[str] = set()  # cells whose guest ran a test since its boot or restore
+        self.no_restore: dict[str, str] = {}  # cell id -> why its clean guests are reboots
+        self.recovered: dict[str, str] = {}  # cell id -> the VM death its guest replaced
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
@@ -321,6 +386,13 @@ class CellPool:
         (the same error for every test of the cell); kernel boot failures are recorded."""
         if cell.id in self.errors:
             raise self.errors[cell.id]
+        if cell.device.host_devices:
+            # Real passthrough is checked on the host first, never tried blindly.
+            if cell.id not in self.skips:
+                reason = check_host_devices(h.address for h in cell.device.host_devices)
+                self.skips[cell.id] = f"{cell.id}: {reason}" if reason else ""
+            if self.skips[cell.id]:
+                pytest.skip(self.skips[cell.id])
         g = self.guests.get(cell.id)
         if g is not None and (
             cell.id in self.failures
@@ -347,6 +419,10 @@ class CellPool:
                 raise
         else:
             g.stop(collect=False)
+        self._start(cell, g)
+        return g
+
+    def _start(self, cell: Cell, g: Guest) -> None:
         for attempt in range(1, self.retries + 2):
             try:
                 g.start()
@@ -361,7 +437,56 @@ class CellPool:
                 if attempt > self.retries:
                     self.errors[cell.id] = e
                     raise
-        return g
+        self.dirty.discard(cell.id)
+        self.recovered.pop(cell.id, None)
+        if cell.id in self.snapshot_cells and cell.id not in self.no_restore and g.alive:
+            g.snapshot()  # a failure is recorded (snapshot_error); clean guests then reboot
+
+    def clean(self, cell: Cell, nodeid: str) -> str:
+        """A just-booted guest for a kmatrix_clean test: the post-boot snapshot restored, or
+        a reboot when there is none or a restore was measured slower than the cell's boot.
+        Returns how, for the test's properties."""
+        g = self.guests[cell.id]
+        self.recovered.pop(cell.id, None)
+        if g.has_snapshot and cell.id not in self.no_restore:
+            try:
+                took = g.restore(f"clean guest for {nodeid}")
+            except InfraError as e:
+                g.discard_snapshot()
+                self.no_restore[cell.id] = f"restoring failed: {str(e).splitlines()[0]}"
+            else:
+                self.dirty.discard(cell.id)
+                boot = g.record.boot_seconds
+                if boot is not None and took >= boot:
+                    self.no_restore[cell.id] = (
+                        f"a restore took {took:.2f}s, the boot {boot:.2f}s: rebooting instead"
+                    )
+                return f"restored ({took:.2f}s)"
+        why = self.no_restore.get(cell.id) or g.record.snapshot_error or "no snapshot"
+        # The outgoing boot's kernel log, as a poweroff would keep it.
+        g.save_dmesg(f"dmesg-boot-{g.record.launches}.log")
+        g.stop(collect=False)
+        self._start(cell, g)
+        return f"rebooted ({why})"
+
+    def recover(self, cell: Cell) -> bool:
+        """After the cell's VM died mid-run (its test's failure and diagnosis already
+        reported), the remaining tests get the post-boot snapshot restored; False if there
+        is none or it does not come up, and they error as "the VM is gone"."""
+        g = self.guests.get(cell.id)
+        death = self.deaths.get(cell.id)
+        if g is None or death is None or not g.has_snapshot:
+            return False
+        try:
+            g.restore(f"after the VM died: {death}")
+        except InfraError as e:
+            g.discard_snapshot()
+            self.deaths[cell.id] = f"{death}; restoring its snapshot failed: {e}".splitlines()[0]
+            return False
+        del self.deaths[cell.id]
+        self.recovered[cell.id] = death
+        self.dirty.discard(cell.id)
+        return True
 
     def stop(self, cell_id: str) -> None:
         g = self.guests.pop(cell_id, None)
@@ -383,7 +508,9 @@ class CellPool:
                 initrd=str(g.initrd),
             )
         findings = []
-        for name in ("dmesg.log", *sorted(p.name for p in g.outdir.glob("console*.log"))):
+        # dmesg-*.log: kernel logs of guests a restore or a reboot replaced.
+        logs = [p.name for pat in ("dmesg*.log", "console*.log") for p in g.outdir.glob(pat)]
+        for name in sorted(logs, key=lambda n: (n != "dmesg.log", n)):
             path = g.outdir / name
             if path.is_file():
                 for f in parse_kernel_log(path.read_text(errors="replace")):
@@ -419,8 +546,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         ("kmatrix.accel_reason", g.record.accel_reason),
         ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
     ]
-    if cell.id in pool.deaths:
+    if cell.id in pool.deaths and not pool.recover(cell):
         raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
+    if item.get_closest_marker("kmatrix_clean") and cell.id not in pool.failures:
+        how = pool.clean(cell, item.nodeid) if cell.id in pool.dirty else "fresh boot"
+        item.user_properties.append(("kmatrix.clean_guest", how))
+    if cell.id in pool.recovered:
+        # This test runs on the post-boot snapshot restored after an earlier test's VM died.
+        item.user_properties.append(("kmatrix.restored_after", pool.recovered[cell.id]))
+    pool.dirty.add(cell.id)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -435,6 +569,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> None:
         raise exc(str(failure), pytrace=False)
 
 
+# trylast: after pytest's own teardown of the item's fixtures, so an error raised here (a
+# console that could not be written) cannot leave the item half torn down for the next one.
+@pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     cell = cell_of(item)
     if cell is None:

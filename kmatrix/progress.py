@@ -224,6 +224,8 @@ class Progress:
             if self.mode == "plain":
                 if report.failed:
                     what = "set-up failed"
+                elif report.skipped:
+                    what = "skipped"  # e.g. a vfio-host cell whose host lacks the device
                 elif c.boot_seconds:
                     what = f"booted in {float(c.boot_seconds):.1f}s"
                 else:

@@ -82,6 +82,7 @@ def build_argv(
         str(cell.smp),
         "-m",
         _memory(cell),
+        *_numa(cell),
         # No default NIC, VGA, floppy or CD-ROM: nothing the profile did not ask for.
         "-nodefaults",
         "-no-user-config",
@@ -159,3 +160,24 @@ def _memory(cell: Cell) -> str:
     if hp is None:
         return f"{cell.memory}M"
     return f"{cell.memory}M,slots={hp.slots},maxmem={hp.maxmem}M"
+
+
+def _numa(cell: Cell) -> list[str]:
+    """Guest NUMA nodes: memory split evenly (node 0 takes the remainder), vCPUs in blocks.
+
+    A node may get no vCPU (smp < nodes): a memory-only node, as on some real machines."""
+    nodes = cell.device.numa_nodes
+    if not nodes:
+        return []
+    argv: list[str] = []
+    share = cell.memory // nodes
+    for k in range(nodes):
+        mib = share + (cell.memory - share * nodes if k == 0 else 0)
+        argv += ["-object", f"memory-backend-ram,id=kmx-numa{k},size={mib}M"]
+        # Ceiling division: with fewer vCPUs than nodes the low nodes get them.
+        first, last = -(-k * cell.smp // nodes), -(-(k + 1) * cell.smp // nodes) - 1
+        cpus = (
+            "" if last < first else f",cpus={first}" if first == last else f",cpus={first}-{last}"
+        )
+        argv += ["-numa", f"node,nodeid={k},memdev=kmx-numa{k}{cpus}"]
+    return argv

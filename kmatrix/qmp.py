@@ -57,6 +57,15 @@ class QMP:
         self._drain()
         return result
 
+    def send_fd(self, fd: int, name: str, timeout: float = 10.0) -> None:
+        """Hands QEMU an open file as `name` (SCM_RIGHTS + getfd), e.g. for `fd:` migration:
+        QEMU then needs neither to open paths nor to spawn a shell (its sandbox forbids it)."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as e:
+            raise VMError(f"QMP getfd {name} failed: {e!r}") from None
+        self.cmd("getfd", timeout=timeout, fdname=name)
+
     def _drain(self) -> None:
         for ev in self._client.events.clear():
             self.events.append(dict(ev))

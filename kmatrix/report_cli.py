@@ -10,7 +10,7 @@ from pathlib import Path
 from kmatrix.compare import ALPHA, MIN_CHANGE, compare_runs, render_text
 from kmatrix.errors import InputError
 from kmatrix.known_issues import load_known_issues
-from kmatrix.reports import ReportOptions, write_reports
+from kmatrix.reports import ReportOptions, add_report_arguments, write_reports
 from kmatrix.runs import load_runs
 
 COMMANDS = ("report", "compare")
@@ -24,12 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "compare.json with --baseline) beside the run's results.json.",
     )
     sp.add_argument("results", type=Path, help="reports directory or results.json")
-    sp.add_argument(
-        "--baseline", action="append", type=Path, default=[], help="earlier run; repeatable"
-    )
-    sp.add_argument("--known-issues", type=Path, help="known-issues YAML")
-    sp.add_argument("--kcidb-origin", default="kmatrix", help="KCIDB origin (kmatrix)")
-    sp.add_argument("--artifacts-url", help="where the reports directory is published")
+    add_report_arguments(sp, "reports directory")
 
     sp = sub.add_parser(
         "compare",
@@ -54,15 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    result = write_reports(
-        args.results,
-        ReportOptions(
-            baseline=args.baseline,
-            known_issues=args.known_issues,
-            kcidb_origin=args.kcidb_origin,
-            artifacts_url=args.artifacts_url,
-        ),
-    )
+    result = write_reports(args.results, ReportOptions.from_args(args))
     for path in result.written.values():
         print(path)
     if result.comparison is not None:

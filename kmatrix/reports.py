@@ -7,7 +7,7 @@ results.json itself is never touched here.
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,7 +18,7 @@ from kmatrix import junit_cells, kcidb, report_html, report_md
 from kmatrix.compare import Comparison, compare_runs
 from kmatrix.errors import KmatrixError
 from kmatrix.known_issues import KnownIssues, default_known_issues, load_known_issues
-from kmatrix.runs import Run, load_run, load_runs
+from kmatrix.runs import Run, load_run, load_runs, write_json_atomic
 
 COMPARE_FILENAME = "compare.json"
 
@@ -30,6 +30,27 @@ class ReportOptions:
     kcidb_origin: str = "kmatrix"
     artifacts_url: str | None = None  # where the reports directory will be published
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReportOptions:
+        """From the options add_report_arguments gave a command."""
+        return cls(
+            baseline=args.baseline,
+            known_issues=args.known_issues,
+            kcidb_origin=args.kcidb_origin,
+            artifacts_url=args.artifacts_url,
+        )
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, published: str) -> None:
+    """The report options of `kmatrix report` and `kmatrix merge`; published names what
+    --artifacts-url points at."""
+    parser.add_argument(
+        "--baseline", action="append", type=Path, default=[], help="earlier run; repeatable"
+    )
+    parser.add_argument("--known-issues", type=Path, help="known-issues YAML")
+    parser.add_argument("--kcidb-origin", default="kmatrix", help="KCIDB origin (kmatrix)")
+    parser.add_argument("--artifacts-url", help=f"where the {published} is published")
+
 
 @dataclass
 class ReportResult:
@@ -39,9 +60,7 @@ class ReportResult:
 
 
 def _atomic_json(path: Path, data: object) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data)
     return path
 
 

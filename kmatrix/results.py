@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import platform
 import sys
 import uuid
@@ -25,9 +24,9 @@ import pytest
 from kmatrix import __version__
 from kmatrix.accel import qemu_version
 from kmatrix.matrix import Cell, Matrix
-from kmatrix.runs import failure_message
+from kmatrix.runs import SCHEMA, failure_message
+from kmatrix.runs import write_json_atomic as write_json_atomic  # plugin.py imports it here
 
-SCHEMA = "kmatrix-results/1"
 METRIC_PREFIX = "metric."
 
 
@@ -60,13 +59,6 @@ def outcome_of(report: pytest.TestReport) -> str | None:
     if report.skipped:
         return "xfailed" if xfail else "skipped"
     return None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -232,6 +224,7 @@ class ResultsCollector:
                 ("dmesg", "dmesg.log"),
                 ("qemu_log", "qemu.log"),
                 ("commands", "commands.log"),
+                ("screendump", "screendump.png"),  # the display, when a test saved it
             )
             if (d / fname).is_file()
         }

@@ -7,6 +7,7 @@ can be regenerated at any time, from an interrupted run or one copied off a CI j
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,14 @@ class Run:
     def label(self) -> str:
         started = self.meta.get("started", "")
         return f"{self.dir} ({started})" if started else str(self.dir)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Through a temporary name, so a reader (or a killed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def results_path(path: Path) -> Path:

@@ -119,6 +119,11 @@ class GuestSession:
             raise GuestDied(
                 f"{self.name}: the VM went away while running {command!r}{why}"
             ) from None
+        except BaseException:
+            # Interrupted (Ctrl-C) mid-command: the agent still runs it and answers nothing
+            # else, so teardown must not wait on it (dmesg would hold QEMU for 25 s).
+            self.closed = True
+            raise
         match = self._child.match
         assert isinstance(match, re.Match)
         status = int(match.group(1))

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from kmatrix.errors import InputError
 
@@ -40,13 +41,45 @@ def assign(cells: Sequence[str], weights: Mapping[str, float], total: int) -> di
     return out
 
 
+def _results(path: Path) -> list[dict[str, Any]]:
+    """The results of an earlier results.json, each checked for what the weights use."""
+    try:
+        results = json.loads(path.read_text()).get("results", [])
+        return [
+            {
+                "cell": str(r["cell"]),
+                "nodeid": str(r.get("nodeid", "")),
+                "duration": float(r.get("duration", 0.0)),
+            }
+            for r in results
+        ]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise InputError(f"{path}: cannot read durations: {e!r}") from None
+
+
 def durations_from(path: Path) -> dict[str, float]:
     """Per-cell durations from an earlier results.json (sum of its tests' durations)."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read durations: {e}") from None
     out: dict[str, float] = {}
-    for r in doc.get("results", []):
-        out[r["cell"]] = out.get(r["cell"], 0.0) + float(r.get("duration", 0.0))
+    for r in _results(path):
+        out[r["cell"]] = out.get(r["cell"], 0.0) + r["duration"]
     return out
+
+
+def durations_by_test(path: Path) -> dict[str, float]:
+    """Per-test durations (node id -> seconds, set-up to teardown, so a cell's boot counts in
+    its first test and its poweroff in its last) from an earlier results.json."""
+    return {r["nodeid"]: r["duration"] for r in _results(path) if r["nodeid"]}
+
+
+def longest_first(units: Mapping[str, Sequence[str]], durations: Mapping[str, float]) -> list[str]:
+    """Unit names (cells, each with its selected node ids), longest expected run first.
+
+    Handed out in this order to whichever worker is free, the longest cells start first and
+    the shortest fill the end (LPT), so the workers finish close together instead of one
+    running a long cell alone. A test without a record weighs the mean of those with one;
+    ties keep the given order.
+    """
+    known = [d for d in durations.values() if d > 0]
+    default = sum(known) / len(known) if known else 1.0
+    weight = {u: sum(durations.get(n, default) for n in ids) for u, ids in units.items()}
+    return sorted(units, key=lambda u: -weight[u])

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmatrix.cache import cache_root, digest_bytes, digest_file, ensure_dir
+from kmatrix.cache import cache_root, digest_bytes, ensure_dir, stamped_digest
 from kmatrix.errors import ArtifactError
 from kmatrix.hostsetup import run_tool
 
@@ -32,9 +32,6 @@ UNPACK_TIMEOUT = 900.0
 _MAKEFILE_VAR = re.compile(
     r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)[ \t]*=[ \t]*(.*?)[ \t]*$", re.M
 )
-
-# sha256 of big archives, keyed by (path, size, mtime): a .deb is hashed once per process.
-_digests: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -64,33 +61,6 @@ def classify(spec: str) -> str:
     raise ArtifactError(
         f"source {spec!r} is neither a path (directory, tarball, .deb) nor a Debian package name"
     )
-
-
-def _quick_digest(path: Path) -> str:
-    """sha256 of a big archive, remembered by (path, size, mtime) across processes too."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key in _digests:
-        return _digests[key]
-    memo = cache_root() / "digests" / digest_bytes(key[0])[:32]
-    stamp = f"{st.st_size} {st.st_mtime_ns} "
-    try:
-        text = memo.read_text()
-        if text.startswith(stamp):
-            _digests[key] = text[len(stamp) :].strip()
-            return _digests[key]
-    except OSError:
-        pass
-    digest = digest_file(path)
-    _digests[key] = digest
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
-        tmp.write_text(stamp + digest + "\n")
-        os.replace(tmp, memo)
-    except OSError:
-        pass  # only a speed-up
-    return digest
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
@@ -148,7 +118,7 @@ def _deb_source(spec: str, fetch: bool) -> KernelSource | None:
             deb = fetch_deb(spec, f"source {spec!r}")
     elif not deb.is_file():
         raise ArtifactError(f"source {spec!r}: no such file {deb}")
-    digest = _quick_digest(deb)
+    digest = stamped_digest(deb)
     dest = cache_root() / "sources" / f"deb-{digest[:20]}"
     if not fetch and not _unpacked(dest):
         return None
@@ -178,7 +148,7 @@ def _tarball_source(spec: str, fetch: bool) -> KernelSource | None:
     tar = Path(spec).expanduser().resolve()
     if not tar.is_file():
         raise ArtifactError(f"source {spec!r}: no such file {tar}")
-    digest = _quick_digest(tar)
+    digest = stamped_digest(tar)
     dest = cache_root() / "sources" / f"tar-{digest[:20]}"
     if not fetch and not _unpacked(dest):
         return None

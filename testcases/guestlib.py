@@ -8,9 +8,13 @@ milliseconds, so scripts read the few /proc files they need rather than scanning
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from typing import Any
 
+from kmatrix.guest import Guest
 from kmatrix.logparse import Finding, findings_summary, parse_kernel_log
+from kmatrix.matrix import QemuDevice
 from kmatrix.session import GuestSession
 
 # util-linux taskset by path: busybox sh runs its own applet for a bare `taskset`.
@@ -123,3 +127,57 @@ def stress_ng_trouble(output: str) -> list[str]:
     """stress-ng lines saying a stressor died or found errors; its exit status can still be 0
     (e.g. a worker killed by SIGILL counts as 'successful run completed')."""
     return [line for line in output.splitlines() if _STRESS_NG_TROUBLE.search(line)]
+
+
+def find_pci(tree: list[dict[str, Any]], qdev_id: str) -> dict[str, Any] | None:
+    """The QMP query-pci entry of a device, searching behind bridges and on every root bus
+    (PCIe expander bridges are root buses of their own)."""
+    for bus in tree:
+        for dev in bus.get("devices", []):
+            if dev.get("qdev_id") == qdev_id:
+                return dict(dev)
+            sub = dev.get("pci_bridge", {}).get("devices")
+            if sub:
+                hit = find_pci([{"devices": sub}], qdev_id)
+                if hit:
+                    return hit
+    return None
+
+
+def pci_address(entry: dict[str, Any]) -> str:
+    """The guest's sysfs name of a query-pci entry (QEMU has one PCI domain, 0000)."""
+    return f"0000:{entry['bus']:02x}:{entry['slot']:02x}.{entry['function']}"
+
+
+def wait_output(guest: GuestSession, cmd: str, want: str, seconds: float) -> str:
+    """Runs cmd until its stripped output is want or seconds pass; returns the last output."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = guest.run(cmd, timeout=30).stdout.strip()
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def unplug(booted: Guest, qdev_id: str, seconds: float) -> None:
+    """QMP device_del, then waits for QEMU's DEVICE_DELETED (the guest ejected it)."""
+    assert booted.machine is not None
+    seen = len(booted.machine.events())
+    booted.qmp("device_del", id=qdev_id)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(
+            e.get("event") == "DEVICE_DELETED" and e.get("data", {}).get("device") == qdev_id
+            for e in booted.machine.events()[seen:]
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no DEVICE_DELETED for {qdev_id} within {seconds:g}s")
+
+
+def replug(booted: Guest, device: QemuDevice) -> None:
+    """device_add with the profile's own properties (HMP parses -device syntax as written)."""
+    props = "".join(f",{k}={v}" for k, v in device.props)
+    hmp: dict[str, Any] = {"command-line": f"device_add {device.driver},id={device.id}{props}"}
+    said = booted.qmp("human-monitor-command", **hmp)
+    assert not str(said).strip(), f"device_add {device.id} failed: {said}"

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
-from typing import Any
 
 import pytest
-from guestlib import describe_findings, log_mark, new_findings
+from guestlib import (
+    describe_findings,
+    find_pci,
+    log_mark,
+    new_findings,
+    pci_address,
+    replug,
+    unplug,
+    wait_output,
+)
 
 from conftest import require_config
 from kmatrix.guest import Guest
@@ -185,29 +192,6 @@ rm -f /tmp/kmx-pattern
     )
 
 
-def _find_pci(tree: list[dict[str, object]], qdev_id: str) -> dict[str, object] | None:
-    """The query-pci entry of a device, searching behind bridges."""
-    for bus in tree:
-        for dev in bus.get("devices", []):  # type: ignore[attr-defined]
-            if dev.get("qdev_id") == qdev_id:
-                return dict(dev)
-            sub = dev.get("pci_bridge", {}).get("devices")
-            if sub:
-                hit = _find_pci([{"devices": sub}], qdev_id)
-                if hit:
-                    return hit
-    return None
-
-
-def _wait_guest(guest: GuestSession, cmd: str, want: str, seconds: float = HOTPLUG_WAIT) -> str:
-    deadline = time.monotonic() + seconds
-    while True:
-        got = guest.run(cmd, timeout=30).stdout.strip()
-        if got == want or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
-
-
 def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -> None:
     """Each device the profile marks hot-pluggable is removed with QMP device_del (the guest
     ejects it) and added back with device_add; its driver binds again."""
@@ -218,9 +202,9 @@ def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -
     by_id = {d.id: d for d in cell.device.devices}
     for qid in cell.device.hotplug:
         spec = by_id[qid]
-        entry = _find_pci(booted.qmp("query-pci"), qid)
+        entry = find_pci(booted.qmp("query-pci"), qid)
         assert entry is not None, f"QEMU's query-pci has no device {qid}"
-        addr = f"0000:{entry['bus']:02x}:{entry['slot']:02x}.{entry['function']}"
+        addr = pci_address(entry)
         sysfs = f"/sys/bus/pci/devices/{addr}"
         probe = f'basename "$(readlink {sysfs}/driver)" 2>/dev/null || echo gone'
         child = f'basename "$(readlink {sysfs}/virtio*/driver)" 2>/dev/null || echo none'
@@ -228,31 +212,19 @@ def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -
         child_before = guest.run(child).stdout.strip()
         assert driver_before not in ("", "gone"), f"{qid} at {addr} has no driver before unplug"
 
-        seen = len(booted.machine.events())
-        booted.qmp("device_del", id=qid)
-        deadline = time.monotonic() + HOTPLUG_WAIT
-        deleted = False
-        while not deleted and time.monotonic() < deadline:
-            deleted = any(
-                e.get("event") == "DEVICE_DELETED" and e.get("data", {}).get("device") == qid
-                for e in booted.machine.events()[seen:]
-            )
-            time.sleep(0.1)
-        assert deleted, f"no DEVICE_DELETED for {qid} within {HOTPLUG_WAIT:g}s"
-        gone = _wait_guest(guest, f"test -e {sysfs} && echo present || echo gone", "gone")
+        unplug(booted, qid, HOTPLUG_WAIT)
+        gone = wait_output(
+            guest, f"test -e {sysfs} && echo present || echo gone", "gone", HOTPLUG_WAIT
+        )
         assert gone == "gone", f"{addr} still in the guest after {qid} was deleted"
 
-        # HMP parses the same option syntax as -device, so the profile's props go as written.
-        props = "".join(f",{k}={v}" for k, v in spec.props)
-        hmp: dict[str, Any] = {"command-line": f"device_add {spec.driver},id={qid}{props}"}
-        said = booted.qmp("human-monitor-command", **hmp)
-        assert not str(said).strip(), f"device_add {qid} failed: {said}"
-        rebound = _wait_guest(guest, probe, driver_before)
+        replug(booted, spec)
+        rebound = wait_output(guest, probe, driver_before, HOTPLUG_WAIT)
         assert rebound == driver_before, (
             f"after re-plugging {qid} at {addr} its driver is {rebound!r}, was {driver_before!r}"
         )
         if child_before != "none":
-            again = _wait_guest(guest, child, child_before)
+            again = wait_output(guest, child, child_before, HOTPLUG_WAIT)
             assert again == child_before, (
                 f"{qid}'s virtio function is bound to {again!r} after re-plug, was {child_before!r}"
             )

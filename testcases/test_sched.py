@@ -388,6 +388,11 @@ kill $s; wait
     assert s1["nr_throttled"] > s0["nr_throttled"], f"never throttled:\n{sec['u1']}"
 
 
+# The two metric tests run on a just-booted guest (the cell's post-boot snapshot restored):
+# they come after test_cpu_hotplug, whose failure can leave a vCPU offline (cyclictest would
+# fail on a thread per vCPU, hackbench would time one CPU fewer), and their numbers feed
+# `kmatrix compare`, so they must not depend on which tests ran before them in the cell.
+@pytest.mark.kmatrix_clean
 def test_hackbench(guest: GuestSession, record_property: Any) -> None:
     """hackbench (2 groups x 10 fd pairs, 50 loops) completes; its time is a metric."""
     res = guest.run("hackbench -g 2 -f 10 -l 50", timeout=60)
@@ -411,6 +416,7 @@ def _percentile(hist: dict[str, int], q: float) -> int:
     return 0
 
 
+@pytest.mark.kmatrix_clean
 def test_cyclictest_latency(guest: GuestSession, cell: Cell, record_property: Any) -> None:
     """cyclictest (SCHED_FIFO 90, one thread per vCPU, 1 ms interval) wakes up on time often
     enough to count; max and p99 wake-up latency are metrics."""

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -17,6 +25,7 @@ collect_ignore = ["data"]  # tests/data/faultcases are run by tests/test_faults.
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+TWO = DATA / "matrices" / "two.yaml"
 
 
 def qemu_pids(pattern: str = "") -> list[int]:
@@ -30,6 +39,132 @@ def qemu_pids(pattern: str = "") -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def qemu_left_after(pattern: str, seconds: float) -> list[int]:
+    """Polls from now until no QEMU matching pattern is left; those still there after
+    `seconds` (none means they all went in time)."""
+    deadline = time.monotonic() + seconds
+    while (left := qemu_pids(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def wait_for(what: str, cond: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"waited {timeout:g}s for {what}"
+        time.sleep(0.2)
+
+
+# --- child pytest runs with the kmatrix plugin --------------------------------------------------
+
+
+class JunitCase(NamedTuple):
+    outcome: str  # passed | failure | error | skipped
+    message: str  # the failure/error/skip element's message attribute and text
+    properties: dict[str, str]
+
+
+def junit_cases(junit: Path) -> dict[str, JunitCase]:
+    """{test[cell]: JunitCase} of a pytest JUnit file (a name twice keeps the last)."""
+    out = {}
+    for tc in ET.parse(junit).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for child in tc:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome, message = child.tag, (child.get("message") or "") + (child.text or "")
+        props = {p.get("name", ""): p.get("value", "") for p in tc.iter("property")}
+        out[str(tc.get("name"))] = JunitCase(outcome, message, props)
+    return out
+
+
+@dataclass(frozen=True)
+class KmatrixRun:
+    """A finished child pytest with the kmatrix plugin, and where it wrote."""
+
+    proc: subprocess.CompletedProcess[str]
+    reports: Path
+    junit: Path | None
+
+    @property
+    def log(self) -> str:
+        """The output's tails, for assertion messages."""
+        return self.proc.stdout[-4000:] + self.proc.stderr[-2000:]
+
+    def cases(self) -> dict[str, JunitCase]:
+        assert self.junit is not None and self.junit.is_file(), self.log
+        return junit_cases(self.junit)
+
+    def outcomes(self) -> dict[str, str]:
+        return {name: c.outcome for name, c in self.cases().items()}
+
+    def results(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.reports / "results.json").read_text())
+        return doc
+
+
+def kmatrix_pytest_argv(
+    tests: Sequence[str | Path], reports: Path, *args: str, matrix: Path = TWO,
+    junit: Path | None = None,
+) -> list[str]:  # fmt: skip
+    """`python -m pytest TESTS -p kmatrix` on a matrix; JUnit in xunit1 (it keeps the
+    properties on each test case) when junit is given."""
+    xml = [f"--junitxml={junit}", "-o", "junit_family=xunit1"] if junit else []
+    return [
+        sys.executable, "-m", "pytest", *map(str, tests), "-p", "kmatrix",
+        f"--kmatrix-matrix={matrix}", f"--kmatrix-reports={reports}", *xml,
+        "-p", "no:cacheprovider", *args,
+    ]  # fmt: skip
+
+
+def child_env(tmpdir: Path | None = None) -> dict[str, str]:
+    """This environment for a child; a private TMPDIR tells its QEMUs apart (qemu_pids)."""
+    return {**os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
+
+
+def run_kmatrix_pytest(
+    tests: Sequence[str | Path], reports: Path, *args: str, matrix: Path = TWO,
+    junit: Path | None = None, tmpdir: Path | None = None, timeout: float = 900,
+) -> KmatrixRun:  # fmt: skip
+    argv = kmatrix_pytest_argv(tests, reports, *args, matrix=matrix, junit=junit)
+    p = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(tmpdir)
+    )
+    return KmatrixRun(p, reports, junit)
+
+
+@contextlib.contextmanager
+def started(argv: list[str], tmpdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """argv as a child in the project (output discarded), killed if it still runs on the way
+    out, e.g. after a failed assertion; its QEMUs die with it (PR_SET_PDEATHSIG)."""
+    p = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(tmpdir)
+    )
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def two_with(dest: Path, *replace: tuple[str, str]) -> Path:
+    """A copy of two.yaml at dest with each (old, new) replaced, then its device profile path
+    made absolute; an old text two.yaml no longer has is an error, not a silent no-op."""
+    text = TWO.read_text()
+    for old, new in replace:
+        assert old in text, f"{TWO} no longer has {old!r}"
+        text = text.replace(old, new)
+    profile = str(ROOT / "matrix" / "devices" / "virtio.yaml")
+    dest.write_text(text.replace("../../../matrix/devices/virtio.yaml", profile))
+    return dest
+
+
+def kernel_args_61(args: str) -> tuple[str, str]:
+    """two_with's replacement that boots the 6.1 cell with extra kernel arguments."""
+    deb = "deb: linux-image-6.1.0-57-cloud-amd64-unsigned"
+    return deb, f"{deb}\n    kernel_args: {args}"
+
+
 @pytest.fixture
 def private_tmp() -> Iterator[Path]:
     """A short TMPDIR for a child pytest: its QEMUs' socket paths carry it, so pgrep can tell
@@ -41,7 +176,7 @@ def private_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def two() -> Matrix:
-    return load_matrix(DATA / "matrices" / "two.yaml")
+    return load_matrix(TWO)
 
 
 @pytest.fixture(scope="session")

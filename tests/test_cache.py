@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,129 @@ def test_corrupted_entry_is_rebuilt(tmp_path: Path) -> None:
 
     cache.ensure_file(dest, build)
     assert rebuilt == [1] and dest.read_bytes() == b"good"
+
+
+@pytest.fixture
+def settled_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by the test count as settled (older than the racy window)."""
+    real = cache._now_ns
+    monkeypatch.setattr(cache, "_now_ns", lambda: real() + 10 * cache.RACY_NS)
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every full SHA-256 computed from here on, by path."""
+    seen: list[Path] = []
+    real = cache.digest_file
+
+    def counting(path: Path) -> str:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(cache, "digest_file", counting)
+    return seen
+
+
+def _next_tick() -> None:
+    # File times come from the kernel's coarse clock (one tick is at most 10 ms): make the
+    # next change land in a later tick than the stamp just recorded.
+    time.sleep(0.05)
+
+
+def test_verified_entry_is_trusted_by_its_stamp(
+    tmp_path: Path, settled_clock: None, hashes: list[Path]
+) -> None:
+    dest = tmp_path / "entry.bin"
+    cache.ensure_file(dest, lambda tmp: tmp.write_bytes(b"good" * 1000))
+    assert hashes == [dest.parent / f".{dest.name}.tmp-{os.getpid()}"]
+    # The first use hashes the new entry once and records its stamp ...
+    assert cache.is_complete(dest)
+    assert hashes[1:] == [dest]
+    side = (tmp_path / ".entry.bin.sha256").read_text().splitlines()
+    assert side[1] == cache.file_stamp(dest.stat())
+    # ... later uses trust the stamp and hash nothing.
+    for _ in range(3):
+        assert cache.is_complete(dest)
+    assert len(hashes) == 2
+
+
+def test_edited_truncated_or_replaced_entry_is_rebuilt(
+    tmp_path: Path, settled_clock: None, hashes: list[Path]
+) -> None:
+    dest = tmp_path / "entry.bin"
+    good = b"good" * 1000
+    builds: list[int] = []
+
+    def build(tmp: Path) -> None:
+        builds.append(1)
+        tmp.write_bytes(good)
+
+    def corrupt_in_place() -> None:
+        # Same size, old mtime restored: only the ctime (which utime cannot set) moves.
+        st = dest.stat()
+        with dest.open("r+b") as f:
+            f.write(b"BAD!")
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (dest.stat().st_size, dest.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    def truncate() -> None:
+        with dest.open("r+b") as f:
+            f.truncate(100)
+
+    def replace() -> None:
+        other = tmp_path / "other.bin"
+        other.write_bytes(b"evil" * 1000)
+        os.replace(other, dest)
+
+    cache.ensure_file(dest, build)
+    for damage in (corrupt_in_place, truncate, replace):
+        assert cache.is_complete(dest)  # verified, stamp recorded
+        _next_tick()
+        damage()
+        assert not cache.is_complete(dest), damage.__name__
+        cache.ensure_file(dest, build)
+        assert dest.read_bytes() == good, damage.__name__
+    assert len(builds) == 4
+
+
+def test_recent_file_gets_no_stamp(tmp_path: Path, hashes: list[Path]) -> None:
+    """A file changed within the racy window is re-hashed until it has settled."""
+    dest = tmp_path / "entry.bin"
+    cache.ensure_file(dest, lambda tmp: tmp.write_bytes(b"fresh"))
+    for _ in range(2):
+        assert cache.is_complete(dest)
+    assert hashes[1:] == [dest, dest]
+    assert (tmp_path / ".entry.bin.sha256").read_text().splitlines()[1:] == []
+
+
+def test_old_sidecar_without_stamp_is_verified_then_upgraded(
+    tmp_path: Path, settled_clock: None, hashes: list[Path]
+) -> None:
+    dest = tmp_path / "entry.bin"
+    dest.write_bytes(b"payload")
+    side = tmp_path / ".entry.bin.sha256"
+    side.write_text(cache.digest_file(dest) + "\n")  # what earlier versions wrote
+    assert cache.is_complete(dest)
+    assert side.read_text().splitlines()[1] == cache.file_stamp(dest.stat())
+    side.write_text("0" * 64 + "\n")  # a wrong checksum is still caught
+    assert not cache.is_complete(dest)
+
+
+def test_stamped_digest_is_remembered_across_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled_clock: None, hashes: list[Path]
+) -> None:
+    monkeypatch.setenv("KMATRIX_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "kernel.deb"
+    src.write_bytes(b"v1" * 1000)
+    first = cache.stamped_digest(src)
+    assert first == hashlib.sha256(b"v1" * 1000).hexdigest()
+    cache._memo.clear()  # a new process: only the memo file is left
+    assert cache.stamped_digest(src) == first
+    assert hashes == [src]
+    _next_tick()
+    src.write_bytes(b"v2" * 1000)  # same size, new content
+    assert cache.stamped_digest(src) == hashlib.sha256(b"v2" * 1000).hexdigest()
+    assert hashes == [src, src]
 
 
 def test_ensure_dir_is_atomic(tmp_path: Path) -> None:

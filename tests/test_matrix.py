@@ -219,3 +219,81 @@ def test_hotplug_field_errors(
         load_matrix(path)
     assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
     assert message in e.value.message, str(e.value)
+
+
+GPU = """
+kernels: [{name: k1, image: bzImage}]
+cpus: [Haswell]
+devices:
+  - name: stubs
+    numa_nodes: 2
+    gpu_stubs:
+      count: 3
+      bar: 4G
+    mmio64: 16G
+  - name: passthrough
+    host_devices:
+      - host: 01:00.0
+"""
+
+
+def test_gpu_stub_and_host_device_fields(tmp_path: Path) -> None:
+    stubs, host = (c.device for c in load_matrix(write(tmp_path, GPU)).cells)
+    assert stubs.gpu_stubs is not None and stubs.gpu_stubs.vfio
+    assert [(s.id, s.bar, s.numa_node) for s in stubs.gpu_stubs.stubs] == [
+        ("gpu0", 4 << 30, 0),
+        ("gpu1", 4 << 30, 1),
+        ("gpu2", 4 << 30, 0),
+    ]
+    assert (stubs.iommu, stubs.mmio64, stubs.numa_nodes) == ("intel", 16 << 30, 2)
+    assert "intel_iommu=on" in stubs.kernel_args and "pci=hpiosize=0" in stubs.kernel_args
+    assert ("kernel-irqchip", "split") in stubs.machine_props
+    assert stubs.devices[0].driver == "intel-iommu"  # before the devices it translates for
+    assert {"vfio_pci", "vfio_iommu_type1"} <= set(stubs.modules)
+    # The YAML 1.1 base-60 trap: unquoted 01:00.0 is still read as the address written.
+    assert [h.address for h in host.host_devices] == ["0000:01:00.0"]
+    assert host.iommu == "intel"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "message"),
+    [
+        # The BAR that cannot fit is named, with the window it missed: no VM is started.
+        ("mmio64: 16G", "mmio64: 8G", 8, "devices[0].gpu_stubs.bar", "cannot fit the 8 GiB"),
+        ("bar: 4G", "bar: 3G", 8, "devices[0].gpu_stubs.bar", "not a power of two"),
+        ("bar: 4G", "bar: 512G", 8, "devices[0].gpu_stubs.bar", "out of range"),
+        ("bar: 4G", "bar: lots", 8, "devices[0].gpu_stubs.bar", "expected a size"),
+        ("count: 3", "count: 9", 7, "devices[0].gpu_stubs.count", "out of range"),
+        ("    mmio64: 16G", "    iommu: none", 9, "devices[0].iommu", "needs an IOMMU"),
+        ("numa_nodes: 2", "numa_nodes: 8", 5, "devices[0].numa_nodes", "out of range"),
+        ("host: 01:00.0", "host: 01:00", 12, "devices[1].host_devices[0].host", "PCI address"),
+        (
+            "  - name: passthrough",
+            "  - name: passthrough\n    machine: pc",
+            12,
+            "devices[1].host_devices",
+            "needs machine: q35",
+        ),
+    ],
+)
+def test_gpu_field_errors(
+    tmp_path: Path, old: str, new: str, line: int, key: str, message: str
+) -> None:
+    assert old in GPU
+    path = write(tmp_path, GPU.replace(old, new))
+    with pytest.raises(MatrixError) as e:
+        load_matrix(path)
+    assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
+    assert message in e.value.message, str(e.value)
+
+
+def test_stub_bar_too_big_for_the_default_window(tmp_path: Path) -> None:
+    """Without mmio64 the window is sized to fit, up to what the guest can address."""
+    path = write(
+        tmp_path,
+        GPU.replace("    mmio64: 16G\n", "")
+        .replace("count: 3", "count: 8")
+        .replace("bar: 4G", "bar: 64G"),
+    )
+    with pytest.raises(MatrixError, match=r"8 BARs of 64 GiB need a 512 GiB .*at most 256 GiB"):
+        load_matrix(path)

@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from synthetic import CELLS, TESTS, cell_id, make_run
 from vt import render
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, kmatrix_pytest_argv
 from kmatrix.cli import main
 from kmatrix.errors import InputError
 from kmatrix.merge import _exitstatus, merge_runs
@@ -141,6 +140,21 @@ def test_failed_tests_make_the_merge_exit_1(tmp_path: Path, capsys: Capture) -> 
     assert "1 failed, 8 passed" in text and "complete:" in text, text
 
 
+@pytest.mark.parametrize("command", ["merge", "report"])
+def test_report_options_reach_the_reports(tmp_path: Path, command: str) -> None:
+    """merge and report share their report options; each must hand them to the writers."""
+    shards = three_shards(tmp_path)
+    out = tmp_path / "merged" if command == "merge" else shards[0]
+    inputs = [str(out), *map(str, shards)] if command == "merge" else [str(out)]
+    opts = ["--kcidb-origin", "ci_x", "--artifacts-url", "https://ci.example/run"]
+    assert main([command, *inputs, *opts]) in (0, 1)  # a synthetic test fails on purpose
+    doc = json.loads((out / "kcidb.json").read_text())
+    origins = {x["origin"] for kind in ("checkouts", "builds", "tests") for x in doc[kind]}
+    assert origins == {"ci_x"}
+    urls = [t["log_url"] for t in doc["tests"] if "log_url" in t]  # the boot tests
+    assert urls and all(u.startswith("https://ci.example/run/cells/") for u in urls), urls
+
+
 def test_merged_exit_status() -> None:
     assert _exitstatus([0, 0, 0]) == 0
     assert _exitstatus([0, 1, 5]) == 1
@@ -157,11 +171,8 @@ SELECT = "userspace or release"
 
 
 def suite(reports: Path, *args: str) -> list[str]:
-    return [
-        sys.executable, "-m", "pytest", str(ROOT / "testcases" / "test_boot.py"), "-p", "kmatrix",
-        f"--kmatrix-matrix={THREE}", f"--kmatrix-reports={reports}", "-p", "no:cacheprovider",
-        "-k", SELECT, *args,
-    ]  # fmt: skip
+    tests = [ROOT / "testcases" / "test_boot.py"]
+    return kmatrix_pytest_argv(tests, reports, "-k", SELECT, *args, matrix=THREE)
 
 
 @pytest.fixture(scope="module")

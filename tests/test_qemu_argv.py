@@ -36,6 +36,10 @@ CASES = {
     "gpu-virtio-tcg": ("deb-6.12-generic/Skylake-Server/gpu-virtio", "tcg", "virtio", False),
     "serial-channel-kvm": ("deb-6.1-cloud/Nehalem/virtio", "kvm", "serial", False),
     "shell": ("deb-6.1-cloud/Haswell/virtio", "tcg", "virtio", True),
+    # intel-iommu + split irqchip, a 1 GiB ivshmem BAR behind a root port, the 64-bit window
+    "gpu-bar-stub-tcg": ("deb-6.12-generic/Haswell/gpu-bar-stub", "tcg", "virtio", False),
+    # two NUMA nodes (memory backends, -numa), a pxb-pcie per node, four stubs spread over them
+    "gpu-multi-tcg": ("deb-6.12-generic/Skylake-Server/gpu-multi", "tcg", "virtio", False),
 }
 
 
@@ -124,3 +128,39 @@ def test_bad_accel_and_channel_rejected() -> None:
         build_argv(cell, PATHS, "hvf", "virtio")
     with pytest.raises(ValueError, match="channel"):
         build_argv(cell, PATHS, "tcg", "pigeon")
+
+
+def test_vfio_host_argv_matches_reference() -> None:
+    """A host device goes behind its own root port as vfio-pci, after the vIOMMU."""
+    profile = load_profile(ROOT / "matrix" / "devices" / "vfio-host.yaml")
+    cell = dataclasses.replace(_cell("deb-6.12-generic/Haswell/gpu-bar-stub"), device=profile)
+    argv = build_argv(cell, PATHS, "tcg", "virtio")
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    iommu = next(i for i, d in enumerate(devices) if d.startswith("intel-iommu"))
+    vfio = next(i for i, d in enumerate(devices) if d.startswith("vfio-pci"))
+    assert iommu < vfio and "host=0000:01:00.0" in devices[vfio]
+    text = render(argv)
+    ref = REFS / "vfio-host-tcg.txt"
+    if os.environ.get("KMATRIX_REGEN_REFS"):
+        ref.write_text(text)
+    assert text == ref.read_text()
+
+
+@pytest.mark.parametrize(
+    ("memory", "smp", "nodes", "want"),
+    [
+        (1024, 2, 2, ["512M,cpus=0", "512M,cpus=1"]),
+        (1000, 1, 3, ["334M,cpus=0", "333M", "333M"]),  # node 0 takes the remainder; no-CPU nodes
+        (2048, 4, 2, ["1024M,cpus=0-1", "1024M,cpus=2-3"]),
+    ],
+)
+def test_numa_split(memory: int, smp: int, nodes: int, want: list[str]) -> None:
+    base = _cell("deb-6.12-generic/Skylake-Server/gpu-multi")
+    cell = dataclasses.replace(
+        base, memory=memory, smp=smp, device=dataclasses.replace(base.device, numa_nodes=nodes)
+    )
+    argv = build_argv(cell, PATHS, "tcg", "virtio")
+    sizes = [a.split("size=")[1] for a in argv if a.startswith("memory-backend-ram,id=kmx-numa")]
+    cpus = [a.partition("cpus=")[2] for a in argv if a.startswith("node,nodeid=")]
+    got = [s + (f",cpus={c}" if c else "") for s, c in zip(sizes, cpus, strict=True)]
+    assert got == want

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +14,9 @@ import kcidb_io
 import pytest
 from cdp import Browser, chromium_path
 
-from conftest import DATA, ROOT
+from conftest import ROOT, kernel_args_61, run_kmatrix_pytest, two_with
 from kmatrix.cli import main
 
-TWO = DATA / "matrices" / "two.yaml"
 BROKEN_CELL = "deb-6.1-cloud/Nehalem/virtio"
 GOOD_CELL = "deb-6.12-cloud/Haswell/virtio"
 # nr_cpus=1 leaves one of the cell's two vCPUs online: exactly these two tests notice.
@@ -30,33 +27,17 @@ EXPECTED_NEW_FAILURES = {
 REPORTS = ("results.json", "junit-cells.xml", "index.html", "summary.md", "kcidb.json")
 
 
-def run_suite(reports: Path, matrix: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [
-        sys.executable, "-m", "pytest", str(ROOT / "testcases" / "test_boot.py"), "-p", "kmatrix",
-        f"--kmatrix-matrix={matrix}", f"--kmatrix-reports={reports}", "-p", "no:cacheprovider",
-        "-q", *args,
-    ]  # fmt: skip
-    return subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ)
-    )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("reports-e2e")
     good, broken = tmp / "good", tmp / "broken"
-    p = run_suite(good, TWO)
-    assert p.returncode == 0, "the good run must pass:\n" + p.stdout[-4000:] + p.stderr[-2000:]
-    matrix = tmp / "broken.yaml"
-    text = TWO.read_text().replace(
-        "deb: linux-image-6.1.0-57-cloud-amd64-unsigned",
-        "deb: linux-image-6.1.0-57-cloud-amd64-unsigned\n    kernel_args: nr_cpus=1",
-    )
-    profile = ROOT / "matrix" / "devices" / "virtio.yaml"
-    matrix.write_text(text.replace("../../../matrix/devices/virtio.yaml", str(profile)))
-    p = run_suite(broken, matrix, f"--kmatrix-baseline={good}")
-    assert p.returncode == 1, p.stdout[-4000:] + p.stderr[-2000:]
-    assert "kmatrix: against the baseline: 2 regression(s)" in p.stdout, p.stdout[-3000:]
+    boot = [ROOT / "testcases" / "test_boot.py"]
+    run = run_kmatrix_pytest(boot, good, "-q")
+    assert run.proc.returncode == 0, "the good run must pass:\n" + run.log
+    matrix = two_with(tmp / "broken.yaml", kernel_args_61("nr_cpus=1"))
+    run = run_kmatrix_pytest(boot, broken, "-q", f"--kmatrix-baseline={good}", matrix=matrix)
+    assert run.proc.returncode == 1, run.log
+    assert "kmatrix: against the baseline: 2 regression(s)" in run.proc.stdout, run.log
     return good, broken
 
 

@@ -9,16 +9,11 @@ MemTotal and module-reload tests must fail, each naming what it saw.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, JunitCase, run_kmatrix_pytest
 
 SUITES = ["testcases/test_sched.py", "testcases/test_memory.py", "testcases/test_drivers.py"]
 BROKEN = ("test_every_vcpu_runs_a_task", "test_memtotal_matches_vm", "test_modules_unload_reload")
@@ -45,41 +40,21 @@ include:
 """
 
 
-def _junit(path: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
-    """{test[cell]: (outcome, message, properties)} from a JUnit file."""
-    out = {}
-    for tc in ET.parse(path).getroot().iter("testcase"):
-        kind, message = "passed", ""
-        for child in tc:
-            if child.tag in ("failure", "error", "skipped"):
-                kind, message = child.tag, (child.get("message") or "") + (child.text or "")
-        props = {p.get("name", ""): p.get("value", "") for p in tc.iter("property")}
-        out[str(tc.get("name"))] = (kind, message, props)
-    return out
+Cases = dict[str, JunitCase]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str, dict[str, str]]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Cases:
     tmp = tmp_path_factory.mktemp("suites")
     matrix = tmp / "suites.yaml"
     matrix.write_text(textwrap.dedent(MATRIX).lstrip())
-    junit = tmp / "junit.xml"
     selection = "deb-6.1-cloud or " + " or ".join(BROKEN)
-    argv = [
-        sys.executable, "-m", "pytest", *SUITES, "-p", "kmatrix", f"--kmatrix-matrix={matrix}",
-        f"--kmatrix-reports={tmp / 'reports'}", f"--junitxml={junit}", "-o",
-        "junit_family=xunit1", "-p", "no:cacheprovider", "-k", selection, "-q",
-    ]  # fmt: skip
-    p = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ)
-    )
-    assert junit.is_file(), p.stdout[-3000:] + p.stderr[-2000:]
-    return _junit(junit)
+    return run_kmatrix_pytest(
+        SUITES, tmp / "reports", "-k", selection, "-q", matrix=matrix, junit=tmp / "junit.xml"
+    ).cases()
 
 
-def test_healthy_cell_passes_all_three_suites(
-    run: dict[str, tuple[str, str, dict[str, str]]],
-) -> None:
+def test_healthy_cell_passes_all_three_suites(run: Cases) -> None:
     healthy = {k: v for k, v in run.items() if "deb-6.1-cloud/" in k}
     assert len(healthy) >= 20, sorted(healthy)
     bad = {k: v[:2] for k, v in healthy.items() if v[0] not in ("passed", "skipped")}
@@ -90,9 +65,7 @@ def test_healthy_cell_passes_all_three_suites(
     assert "CONFIG_ZSWAP" in skipped["test_zswap_state_and_toggle"]
 
 
-def test_metrics_and_scheduler_properties_recorded(
-    run: dict[str, tuple[str, str, dict[str, str]]],
-) -> None:
+def test_metrics_and_scheduler_properties_recorded(run: Cases) -> None:
     props = {}
     for k, (_, _, p) in run.items():
         if "deb-6.1-cloud/" in k:
@@ -112,9 +85,7 @@ def test_metrics_and_scheduler_properties_recorded(
         ("test_modules_unload_reload", "rmmod virtio_ring failed"),
     ],
 )
-def test_broken_cell_fails(
-    run: dict[str, tuple[str, str, dict[str, str]]], test: str, says: str
-) -> None:
+def test_broken_cell_fails(run: Cases, test: str, says: str) -> None:
     outcome, message, _ = run[f"{test}[deb-6.1-broken/Nehalem/virtio-pinned]"]
     assert outcome == "failure", (outcome, message[:2000])
     assert says in message, message[:2000]

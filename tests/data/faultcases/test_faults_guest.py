@@ -10,6 +10,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from kmatrix.guest import Guest
 from kmatrix.session import GuestSession
 
@@ -24,6 +26,13 @@ def test_a_sigkill_qemu(booted: Guest, guest: GuestSession) -> None:
 
 def test_b_after(guest: GuestSession) -> None:
     guest.run("true", check=True)
+
+
+@pytest.mark.kmatrix_clean
+def test_c_clean(guest: GuestSession) -> None:
+    # Selected with a fault, it makes the cell save its post-boot state: the tests after the
+    # VM's death then run on that state restored instead of erroring.
+    assert guest.run("echo alive").stdout == "alive\n"
 
 
 def test_a_panic(guest: GuestSession) -> None:
@@ -42,8 +51,9 @@ def test_a_userspace_hang(guest: GuestSession) -> None:
 
 
 def test_a_slow_guest(guest: GuestSession) -> None:
-    # Runs long enough for the outer test to interrupt the run.
-    guest.run("sleep 120", timeout=150)
+    # Runs long enough for the outer test to interrupt the run; the console line tells it
+    # that the command is running (the signal must land mid-command, not during the boot).
+    guest.run("echo slow-guest-running > /dev/ttyS0; sleep 120", timeout=150)
 
 
 def test_a_fill_the_disk(guest: GuestSession) -> None:
