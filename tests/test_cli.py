@@ -64,3 +64,30 @@ def test_shell_gives_an_interactive_guest(tmp_path: Path) -> None:
     assert child.exitstatus == 0
     log = tmp_path / "shell" / "deb-6.1-cloud__Nehalem__virtio" / "console.log"
     assert "6.1.0-57-cloud-amd64" in log.read_text()
+
+
+def test_shell_refuses_a_host_device_the_host_cannot_pass(tmp_path: Path) -> None:
+    """vfio-host: the host check runs first and no QEMU starts (this host has no IOMMU
+    groups, and surely no device at ffff:ff:1f.7)."""
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        TWO.read_text().split("devices:")[0]
+        + "devices:\n  - name: passthrough\n    host_devices: [{host: 'ffff:ff:1f.7'}]\n"
+    )
+    p = subprocess.run(
+        [
+            *KMATRIX,
+            "shell",
+            "-m",
+            str(m),
+            "--reports",
+            str(tmp_path),
+            "deb-6.1-cloud/Nehalem/passthrough",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "cannot pass through host PCI device ffff:ff:1f.7" in p.stderr
+    assert not (tmp_path / "shell").exists()  # nothing prepared, nothing booted
