@@ -120,14 +120,6 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
-    if cell.device.host_devices:
-        from kmatrix.hostpci import check_host_devices
-
-        reason = check_host_devices(h.address for h in cell.device.host_devices)
-        if reason:
-            # As in a run: real passthrough is checked on the host, never tried blindly.
-            print(f"kmatrix: {cell.id}: {reason}", file=sys.stderr)
-            return 2
     g = Guest(cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel)
     g.prepare()
     print(

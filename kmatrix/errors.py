@@ -49,6 +49,11 @@ class ArtifactError(InputError):
     """A kernel or image artefact cannot be obtained or is not what the matrix says."""
 
 
+class HostDeviceUnavailable(KmatrixError):
+    """A host device a profile passes through cannot be used here (no IOMMU, wrong driver, a
+    group that is not viable). Checked before anything boots; its cells are skipped."""
+
+
 class InfraError(KmatrixError):
     """The host or the harness failed; the kernel is not to blame. May be retried."""
 

@@ -18,7 +18,15 @@ from typing import IO, Any
 from kmatrix import accel as accel_mod
 from kmatrix import snapshot as snap
 from kmatrix.console import ConsoleRecorder
-from kmatrix.errors import GuestDied, GuestError, GuestTimeout, KmatrixError, VMError
+from kmatrix.errors import (
+    GuestDied,
+    GuestError,
+    GuestTimeout,
+    HostDeviceUnavailable,
+    KmatrixError,
+    VMError,
+)
+from kmatrix.hostpci import check_host_devices
 from kmatrix.image import ModuleIndex, base_modules, build_image, channel_for
 from kmatrix.kernel import KernelArtifact, resolve
 from kmatrix.machine import Machine, private_rundir, sandbox_supported
@@ -111,7 +119,13 @@ class Guest:
     # --- preparing ----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Resolves the kernel and packs the image; raises InputError/InfraError, boots nothing."""
+        """Checks host devices, resolves the kernel and packs the image; raises
+        HostDeviceUnavailable/InputError/InfraError, boots nothing."""
+        if self.cell.device.host_devices:
+            # Real passthrough is checked on the host first, never tried blindly.
+            reason = check_host_devices(h.address for h in self.cell.device.host_devices)
+            if reason:
+                raise HostDeviceUnavailable(f"{self.cell.id}: {reason}")
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.kernel = resolve(self.cell.kernel, direct_boot=self.direct_boot)
         self.modules = ModuleIndex.load(self.kernel.modules_dir)

@@ -130,7 +130,6 @@ class GpuStub:
 class GpuStubs:
     stubs: tuple[GpuStub, ...]
     vfio: bool = True  # the driver suite binds them to vfio-pci
-    origin: str = ""  # "file:line" of the gpu_stubs key
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,6 @@ class HostDevice:
 
     address: str  # canonical DDDD:BB:SS.F
     id: str  # QEMU device id
-    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -804,9 +802,7 @@ def _pcie_topology(
                     id=sid, bar=bar, root_port=f"kmx-gpurp{i}", numa_node=i % numa if numa else None
                 )
             )
-        stubs = GpuStubs(
-            stubs=tuple(placed), vfio=vfio, origin=f"{ctx.path}:{stubs_node.start_mark.line + 1}"
-        )
+        stubs = GpuStubs(stubs=tuple(placed), vfio=vfio)
 
     hosts: list[HostDevice] = []
     if hosts_node is not None:
@@ -823,11 +819,7 @@ def _pcie_topology(
                 raise ctx.err(hm["host"][1], f"{ikey}.host", str(e)) from None
             if any(h.address == addr for h in hosts):
                 raise ctx.err(hm["host"][1], f"{ikey}.host", f"{addr} is listed twice")
-            hosts.append(
-                HostDevice(
-                    address=addr, id=f"host{i}", origin=f"{ctx.path}:{hnode.start_mark.line + 1}"
-                )
-            )
+            hosts.append(HostDevice(address=addr, id=f"host{i}"))
         vfio_wanted = True
 
     iommu = "none"

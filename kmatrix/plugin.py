@@ -25,19 +25,20 @@ from kmatrix.accel import qemu_version
 from kmatrix.errors import (
     BuildFailure,
     GuestError,
+    HostDeviceUnavailable,
     InfraError,
     InputError,
     KmatrixError,
     MatrixError,
 )
 from kmatrix.guest import BootFailure, Guest, console_tail
-from kmatrix.hostpci import check_host_devices
 from kmatrix.kernel import KernelArtifact
 from kmatrix.logparse import findings_summary, parse_kernel_log
 from kmatrix.machine import kill_all
 from kmatrix.matrix import Cell, Matrix, load_matrix
 from kmatrix.plan import RunPlan
-from kmatrix.results import ResultsCollector, write_json_atomic
+from kmatrix.results import ResultsCollector
+from kmatrix.runs import write_json_atomic
 from kmatrix.session import GuestSession
 
 MATRIX_KEY = pytest.StashKey[Matrix | None]()
@@ -371,7 +372,7 @@ class CellPool:
         self.failures: dict[str, BaseException] = {}  # cell id -> boot failure (kernel's fault)
         self.deaths: dict[str, str] = {}  # cell id -> how its VM died mid-run
         self.errors: dict[str, KmatrixError] = {}  # cell id -> set-up error (input, infra)
-        self.skips: dict[str, str] = {}  # cell id -> why its host cannot run it ("" if it can)
+        self.skips: dict[str, str] = {}  # cell id -> why its host cannot run it
         self.retries = retries
         self.snapshot_cells: set[str] = set()  # cells saved after boot (see _plan_snapshots)
         self.dirty: set[str] = set()  # cells whose guest ran a test since its boot or restore
@@ -386,13 +387,8 @@ class CellPool:
         (the same error for every test of the cell); kernel boot failures are recorded."""
         if cell.id in self.errors:
             raise self.errors[cell.id]
-        if cell.device.host_devices:
-            # Real passthrough is checked on the host first, never tried blindly.
-            if cell.id not in self.skips:
-                reason = check_host_devices(h.address for h in cell.device.host_devices)
-                self.skips[cell.id] = f"{cell.id}: {reason}" if reason else ""
-            if self.skips[cell.id]:
-                pytest.skip(self.skips[cell.id])
+        if cell.id in self.skips:
+            pytest.skip(self.skips[cell.id])
         g = self.guests.get(cell.id)
         if g is not None and (
             cell.id in self.failures
@@ -414,6 +410,9 @@ class CellPool:
                 # The kernel did not build from its patches and config: its cells fail.
                 self.failures[cell.id] = e
                 return g
+            except HostDeviceUnavailable as e:
+                self.skips[cell.id] = str(e)  # this host cannot run the cell: not a failure
+                pytest.skip(str(e))
             except KmatrixError as e:
                 self.errors[cell.id] = e
                 raise

@@ -24,8 +24,7 @@ import pytest
 from kmatrix import __version__
 from kmatrix.accel import qemu_version
 from kmatrix.matrix import Cell, Matrix
-from kmatrix.runs import SCHEMA, failure_message
-from kmatrix.runs import write_json_atomic as write_json_atomic  # plugin.py imports it here
+from kmatrix.runs import SCHEMA, failure_message, write_json_atomic
 
 METRIC_PREFIX = "metric."
 

@@ -159,6 +159,16 @@ def wait_output(guest: GuestSession, cmd: str, want: str, seconds: float) -> str
         time.sleep(0.2)
 
 
+HOTPLUG_WAIT = 20.0  # seconds; PCI hot-plug on q35 under TCG usually takes < 1 s
+
+
+def wait_exists(guest: GuestSession, path: str, exists: bool, seconds: float) -> bool:
+    """Waits until path exists (or is gone); returns whether it ended as wanted."""
+    want = "present" if exists else "gone"
+    got = wait_output(guest, f"test -e {path} && echo present || echo gone", want, seconds)
+    return got == want
+
+
 def unplug(booted: Guest, qdev_id: str, seconds: float) -> None:
     """QMP device_del, then waits for QEMU's DEVICE_DELETED (the guest ejected it)."""
     assert booted.machine is not None

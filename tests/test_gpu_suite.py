@@ -4,7 +4,8 @@ One child pytest boots two 6.1 cloud cells under TCG: the gpu-bar-stub profile, 
 pass, and a broken one - the same stub under an IOMMU the guest kernel is told to keep off
 (intel_iommu=off), plus a raw ivshmem device whose 1 TiB BAR cannot fit the guest's 40-bit
 physical address space - on which the IOMMU-group, VFIO and resource-assignment tests must
-fail, each naming what it saw, and the guest must still boot (no hang).
+fail, each naming what it saw, and the guest must still boot (no hang). A third cell passes a
+host device this host cannot have: its tests are skipped with the host check's reason.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ devices:
     devices:
       - {{driver: pcie-root-port, id: rp9, props: {{bus: pcie.0, chassis: 9}}}}
       - {{driver: ivshmem-plain, id: big0, props: {{bus: rp9, memdev: bigmem}}}}
+  - name: passthrough
+    host_devices: [{{host: "ffff:ff:1f.7"}}]
 """
 
 Cases = dict[str, JunitCase]
@@ -79,3 +82,12 @@ def test_broken_cell_fails(run: Cases, test: str, says: str) -> None:
     outcome, message, _ = run[f"{test}[deb-6.1-cloud/Haswell/broken]"]
     assert outcome == "failure", (outcome, message[:2000])
     assert says in message, message[:2000]
+
+
+def test_host_device_cell_is_skipped_with_the_reason(run: Cases) -> None:
+    cell = {k: v for k, v in run.items() if "/passthrough]" in k}
+    assert cell, sorted(run)
+    wrong = {k: v[:2] for k, v in cell.items() if v.outcome != "skipped"}
+    assert not wrong, wrong
+    for case in cell.values():
+        assert "cannot pass through host PCI device ffff:ff:1f.7" in case.message, case.message

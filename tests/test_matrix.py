@@ -20,6 +20,14 @@ def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
     return p
 
 
+def expect_error(path: Path, line: int, key: str, message: str) -> None:
+    """Loading path fails with one error naming that file, line and key, saying message."""
+    with pytest.raises(MatrixError) as e:
+        load_matrix(path)
+    assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
+    assert message in e.value.message, str(e.value)
+
+
 GOOD = """
 kernels:
   - name: k1
@@ -215,10 +223,7 @@ def test_hotplug_field_errors(
     tmp_path: Path, old: str, new: str, line: int, key: str, message: str
 ) -> None:
     path = write(tmp_path, HOTPLUG.replace(old, new))
-    with pytest.raises(MatrixError) as e:
-        load_matrix(path)
-    assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
-    assert message in e.value.message, str(e.value)
+    expect_error(path, line, key, message)
 
 
 GPU = """
@@ -281,10 +286,7 @@ def test_gpu_field_errors(
 ) -> None:
     assert old in GPU
     path = write(tmp_path, GPU.replace(old, new))
-    with pytest.raises(MatrixError) as e:
-        load_matrix(path)
-    assert (e.value.path, e.value.line, e.value.key) == (str(path), line, key), str(e.value)
-    assert message in e.value.message, str(e.value)
+    expect_error(path, line, key, message)
 
 
 def test_stub_bar_too_big_for_the_default_window(tmp_path: Path) -> None:
