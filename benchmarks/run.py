@@ -46,12 +46,13 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kmatrix.guest import Guest  # noqa: E402
-from kmatrix.kernel import KernelArtifact  # noqa: E402
-from kmatrix.machine import Machine, private_rundir, sandbox_supported  # noqa: E402
-from kmatrix.matrix import Cell, load_matrix  # noqa: E402
-from kmatrix.qemu_argv import QEMU_BINARY, BootPaths, build_argv  # noqa: E402
-from kmatrix.session import GuestSession  # noqa: E402
+from kmatrix.config.specs import Cell  # noqa: E402
+from kmatrix.guest.guest import Guest  # noqa: E402
+from kmatrix.guest.session import GuestSession  # noqa: E402
+from kmatrix.kernels import load_matrix  # noqa: E402
+from kmatrix.kernels.artifact import KernelArtifact  # noqa: E402
+from kmatrix.vm.argv import QEMU_BINARY, BootPaths, build_argv  # noqa: E402
+from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported  # noqa: E402
 
 MATRIX = ROOT / "benchmarks" / "matrix.yaml"
 DEFAULT_MATRIX = ROOT / "matrix" / "default.yaml"

@@ -1,20 +1,6 @@
-"""Helpers shared by the guest smoke suites. The fixtures (cell, guest, booted, kernel, qmp)
-come from the kmatrix plugin; see kmatrix/plugin.py."""
+"""The built-in guest suites. Fixtures (cell, guest, booted, kernel, qmp) come from the
+kmatrix plugin; helpers such as require_config from `kmatrix` itself."""
 
-from __future__ import annotations
+from kmatrix import require_config
 
-import pytest
-
-from kmatrix.kernel import KernelArtifact
-
-
-def require_config(kernel: KernelArtifact, *options: str) -> None:
-    """Skips, naming the option, when the kernel's config lacks any of options (=y or =m)."""
-    if not kernel.config_known:
-        pytest.skip(f"{kernel.name}: kernel config unknown, cannot tell whether {options} are set")
-    missing = [o for o in options if not kernel.has(o)]
-    if missing:
-        pytest.skip(
-            f"{kernel.name} ({kernel.release}) lacks "
-            + ", ".join(f"CONFIG_{o.removeprefix('CONFIG_')}" for o in missing)
-        )
+__all__ = ["require_config"]  # older suites import it from here

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from kmatrix.guest import Guest
-from kmatrix.logparse import Finding, findings_summary, parse_kernel_log
-from kmatrix.matrix import QemuDevice
-from kmatrix.session import GuestSession
+from kmatrix import (  # noqa: F401  (log_mark, new_log: the suites import them from here)
+    Finding,
+    Guest,
+    GuestSession,
+    LogMark,
+    QemuDevice,
+    findings_summary,
+    log_mark,
+    new_log,
+    parse_kernel_log,
+)
 
 # util-linux taskset by path: busybox sh runs its own applet for a bare `taskset`.
 TASKSET = "/usr/bin/taskset"
-
-_TS = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
 def online_cpus(text: str) -> list[int]:
@@ -51,32 +55,6 @@ def sysfs_choice(text: str) -> tuple[str, list[str]]:
     words = text.split()
     chosen = [w[1:-1] for w in words if w.startswith("[") and w.endswith("]")]
     return (chosen[0] if chosen else ""), [w.strip("[]") for w in words]
-
-
-@dataclass(frozen=True)
-class LogMark:
-    """Where the kernel log stood before an action, so only newer lines are judged."""
-
-    timestamp: float
-
-
-def log_mark(guest: GuestSession) -> LogMark:
-    last = 0.0
-    for line in guest.dmesg().splitlines():
-        m = _TS.match(line)
-        if m:
-            last = float(m.group(1))
-    return LogMark(last)
-
-
-def new_log(guest: GuestSession, mark: LogMark) -> str:
-    """Kernel-log lines printed after the mark."""
-    lines = []
-    for line in guest.dmesg().splitlines():
-        m = _TS.match(line)
-        if m and float(m.group(1)) > mark.timestamp:
-            lines.append(line)
-    return "\n".join(lines) + "\n"
 
 
 def new_findings(guest: GuestSession, mark: LogMark) -> tuple[list[Finding], str]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kmatrix.guest import Guest
-from kmatrix.logparse import findings_summary, parse_kernel_log
-from kmatrix.matrix import Cell
-from kmatrix.session import GuestSession
+from kmatrix import Cell, Guest, GuestSession, findings_summary, parse_kernel_log
 
 pytestmark = pytest.mark.boot
 

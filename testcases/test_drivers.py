@@ -24,12 +24,16 @@ from guestlib import (
     wait_output,
 )
 
-from conftest import require_config
-from kmatrix.guest import Guest
-from kmatrix.image import base_modules
-from kmatrix.kernel import KernelArtifact
-from kmatrix.matrix import Cell, QemuDevice
-from kmatrix.session import GuestSession
+from kmatrix import (
+    Cell,
+    Guest,
+    GuestSession,
+    KernelArtifact,
+    QemuDevice,
+    base_modules,
+    qemu_layout,
+    require_config,
+)
 
 pytestmark = pytest.mark.driver
 
@@ -85,7 +89,7 @@ def test_modules_unload_reload(guest: GuestSession, booted: Guest, cell: Cell) -
     assert index is not None
     channel = set(base_modules(booted.record.channel))
     cycle, left_out = [], []
-    for name in cell.device.modules:
+    for name in qemu_layout(cell.device).modules:
         mod = name.replace("-", "_")
         state = index.state(mod)
         if mod in channel:
@@ -124,7 +128,7 @@ echo "== holders $(ls /sys/module/{mod}/drivers 2>/dev/null | tr '\\n' ' ')"
 
 
 def _devices(cell: Cell, prefix: str) -> list[QemuDevice]:
-    return [d for d in cell.device.devices if d.driver.startswith(prefix)]
+    return [d for d in qemu_layout(cell.device).devices if d.driver.startswith(prefix)]
 
 
 def test_virtio_rng_yields_bytes(guest: GuestSession, cell: Cell, kernel: KernelArtifact) -> None:
@@ -200,7 +204,7 @@ def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -
         pytest.skip(f"device profile {cell.device.name} names no hotplug device")
     assert booted.machine is not None
     mark = log_mark(guest)
-    by_id = {d.id: d for d in cell.device.devices}
+    by_id = {d.id: d for d in qemu_layout(cell.device).devices}
     for qid in cell.device.hotplug:
         spec = by_id[qid]
         entry = find_pci(booted.qmp("query-pci"), qid)

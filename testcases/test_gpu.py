@@ -28,11 +28,16 @@ from guestlib import (
     wait_exists,
 )
 
-from conftest import require_config
-from kmatrix.guest import Guest
-from kmatrix.kernel import KernelArtifact
-from kmatrix.matrix import Cell, GpuStub, fmt_size
-from kmatrix.session import GuestSession
+from kmatrix import (
+    Cell,
+    GpuStub,
+    Guest,
+    GuestSession,
+    KernelArtifact,
+    fmt_size,
+    qemu_layout,
+    require_config,
+)
 
 pytestmark = pytest.mark.driver
 
@@ -76,7 +81,7 @@ def test_pci_resources_assigned(guest: GuestSession, booted: Guest, cell: Cell) 
     assign" in the log since boot. Each failure is named by device (QEMU id) and BAR."""
     names = {}
     tree = booted.qmp("query-pci")
-    for d in cell.device.devices:
+    for d in qemu_layout(cell.device).devices:
         entry = find_pci(tree, d.id) if d.id else None
         if entry is not None:
             names[pci_address(entry)] = f"{d.id} ({d.driver})"
@@ -244,7 +249,7 @@ def test_gpu_stub_hot_unplug_replug(
     unplug(booted, s.id, HOTPLUG_WAIT)
     gone = wait_exists(guest, sysfs, False, HOTPLUG_WAIT)
     assert gone, f"{addr} still in the guest after {s.id} was deleted"
-    spec = next(d for d in cell.device.devices if d.id == s.id)
+    spec = next(d for d in qemu_layout(cell.device).devices if d.id == s.id)
     # A fresh memory backend: QEMU 7.2 aborts (qemu_ram_set_idstr assertion) when a re-added
     # ivshmem reuses the backend of the device it replaces.
     old = dict(spec.props)["memdev"]
@@ -285,7 +290,8 @@ def test_virtio_gpu_drm_and_screendump(
     """virtio_gpu binds as a DRM driver (/dev/dri/card0 and a render node appear) and QEMU's
     screendump of the guest display is saved with the cell's artefacts."""
     if not any(
-        d.driver.startswith("virtio-gpu") or d.driver == "virtio-vga" for d in cell.device.devices
+        d.driver.startswith("virtio-gpu") or d.driver == "virtio-vga"
+        for d in qemu_layout(cell.device).devices
     ):
         pytest.skip(f"device profile {cell.device.name} has no virtio GPU")
     require_config(kernel, "DRM_VIRTIO_GPU")
@@ -323,7 +329,7 @@ def test_virtio_gpu_frame_reaches_the_display(
     """A frame written by the guest (all white, through the DRM driver's fbdev emulation)
     reaches QEMU's display: the host's screendump has the guest's mode size and is white.
     Proves the guest-to-host transfer path of the GPU, not just the driver's probe."""
-    if not any(d.driver.startswith("virtio-gpu") for d in cell.device.devices):
+    if not any(d.driver.startswith("virtio-gpu") for d in qemu_layout(cell.device).devices):
         pytest.skip(f"device profile {cell.device.name} has no virtio GPU")
     require_config(kernel, "DRM_VIRTIO_GPU", "DRM_FBDEV_EMULATION")
     geometry = guest.run(

@@ -23,12 +23,7 @@ from guestlib import (
     sysfs_choice,
 )
 
-from conftest import require_config
-from kmatrix.errors import KmatrixError
-from kmatrix.guest import Guest
-from kmatrix.kernel import KernelArtifact
-from kmatrix.matrix import Cell
-from kmatrix.session import GuestSession
+from kmatrix import Cell, Guest, GuestSession, KernelArtifact, KmatrixError, require_config
 
 pytestmark = pytest.mark.memory
 

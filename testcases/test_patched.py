@@ -11,9 +11,7 @@ import warnings
 
 import pytest
 
-from conftest import require_config
-from kmatrix.kernel import KernelArtifact
-from kmatrix.session import GuestSession
+from kmatrix import GuestSession, KernelArtifact, require_config
 
 SERIES = "kmx-demo"
 BANNER = "0001-init-print-a-kmx-demo-banner.patch"

@@ -19,10 +19,7 @@ from typing import Any
 import pytest
 from guestlib import SH_CHILDREN, TASKSET, online_cpus, parse_stat, stat_field
 
-from conftest import require_config
-from kmatrix.kernel import KernelArtifact
-from kmatrix.matrix import Cell
-from kmatrix.session import GuestSession
+from kmatrix import Cell, GuestSession, KernelArtifact, require_config
 
 pytestmark = pytest.mark.sched
 

@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from kmatrix.guest import Guest
-from kmatrix.matrix import Cell, Matrix, load_matrix
+from kmatrix.config.specs import Cell, Matrix
+from kmatrix.guest.guest import Guest
+from kmatrix.kernels import load_matrix
 
 collect_ignore = ["data"]  # tests/data/faultcases are run by tests/test_faults.py, via the plugin
 

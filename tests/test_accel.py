@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix import accel
+from kmatrix.vm import accel
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix import build as build_mod
-from kmatrix.build import (
+from kmatrix.build import builder as build_mod
+from kmatrix.build.builder import (
     BuildFailure,
     DroppedOption,
     build_kernel,
@@ -30,9 +30,9 @@ from kmatrix.build import (
     first_error,
     parse_options,
 )
-from kmatrix.matrix import BuildSpec
-from kmatrix.patches import load_series
-from kmatrix.sources import KernelSource, classify, makefile_version, resolve_source
+from kmatrix.build.patches import load_series
+from kmatrix.build.sources import KernelSource, classify, makefile_version, resolve_source
+from kmatrix.config.specs import BuildSpec
 
 # Options the fake Kconfig knows; olddefconfig drops every other one, like an unknown symbol.
 FAKE_RULES = {

@@ -28,8 +28,8 @@ from typing import BinaryIO
 
 import pytest
 
-from kmatrix import bzimage
-from kmatrix.bzimage import (
+from kmatrix.kernels import bzimage
+from kmatrix.kernels.bzimage import (
     KernelImageError,
     KernelImageInfo,
     elf_has_pvh_note,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix import cache
+from kmatrix.host import cache
 
 
 def _slow_build(dest: str, log: str) -> str:

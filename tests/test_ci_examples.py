@@ -21,7 +21,7 @@ from synthetic import CELLS, cell_id
 from test_merge import shard
 
 from conftest import ROOT
-from kmatrix.shard import parse_spec
+from kmatrix.results.shard import parse_spec
 
 EX = ROOT / "examples" / "ci"
 ALL = [cell_id(*c) for c in CELLS]

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from synthetic import cell_id, make_run, warn_finding
 
-from kmatrix.cli import main
-from kmatrix.compare import compare_runs, mann_whitney_p
-from kmatrix.known_issues import load_known_issues
-from kmatrix.runs import load_run, load_runs
+from kmatrix.cli.main import main
+from kmatrix.results.compare import compare_runs, mann_whitney_p
+from kmatrix.results.known_issues import load_known_issues
+from kmatrix.results.runs import load_run, load_runs
 
 A = cell_id("deb-6.1-cloud", "Nehalem", "virtio")
 B = cell_id("deb-6.1-cloud", "Haswell", "virtio")

@@ -29,12 +29,12 @@ from conftest import (
     started,
     wait_for,
 )
-from kmatrix.console import ConsoleRecorder
+from kmatrix.config.specs import Cell
 from kmatrix.errors import GuestDied
-from kmatrix.guest import Guest
-from kmatrix.machine import private_rundir
-from kmatrix.matrix import Cell
-from kmatrix.session import GuestSession
+from kmatrix.guest.guest import Guest
+from kmatrix.guest.session import GuestSession
+from kmatrix.vm.console import ConsoleRecorder
+from kmatrix.vm.machine import private_rundir
 
 CASES = DATA / "faultcases" / "test_faults_guest.py"
 

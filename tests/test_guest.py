@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import qemu_pids
+from kmatrix.config.specs import Cell
 from kmatrix.errors import ArtifactError
-from kmatrix.guest import BootFailure, Guest
-from kmatrix.matrix import Cell
-from kmatrix.session import CommandFailed
+from kmatrix.guest.guest import BootFailure, Guest
+from kmatrix.guest.session import CommandFailed
 
 
 def test_boot_record(booted61: Guest, cloud61: Cell) -> None:
@@ -134,7 +134,7 @@ def test_build_tree_and_image_sources_boot(cloud61: Cell, tmp_path: Path) -> Non
     modules and config both resolve and boot; the release comes from the image header."""
     import shutil
 
-    from kmatrix.kernel import resolve
+    from kmatrix.kernels.artifact import resolve
 
     deb = resolve(cloud61.kernel)
     assert deb.modules_dir is not None and deb.config_path is not None

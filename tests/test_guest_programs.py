@@ -12,8 +12,10 @@ from types import SimpleNamespace
 import pytest
 
 from kmatrix.errors import ArtifactError, MatrixError
-from kmatrix.image import IMAGES_DIR, ModuleIndex, Recipe, _stage, compile_program, load_recipe
+from kmatrix.guest.image import ModuleIndex, Recipe, _stage, compile_program, load_recipe
+from kmatrix.resources import data_dir
 
+IMAGES_DIR = data_dir("images")
 VFIO_SRC = IMAGES_DIR / "programs" / "kmx-vfio.c"
 needs_gcc = pytest.mark.skipif(
     shutil.which("gcc") is None or not Path("/usr/lib/x86_64-linux-gnu/libc.a").is_file(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.hostpci import (
+from kmatrix.vm.hostpci import (
     HostDeviceCheck,
     check_host_device,
     check_host_devices,

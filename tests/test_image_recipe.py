@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from kmatrix.errors import InfraError
-from kmatrix.image import ModuleIndex, Recipe, _stage, load_recipe
+from kmatrix.guest.image import ModuleIndex, Recipe, _stage, load_recipe
 
 
 def test_default_recipe_has_the_suite_tools() -> None:

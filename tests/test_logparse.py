@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.logparse import (
+from kmatrix.results.logparse import (
     KINDS,
     MAX_REPORT_LINES,
     Finding,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kmatrix.errors import MatrixError
-from kmatrix.matrix import load_matrix
+from kmatrix.kernels import load_matrix
+from kmatrix.vm.devices import lower
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,10 +252,12 @@ def test_gpu_stub_and_host_device_fields(tmp_path: Path) -> None:
         ("gpu2", 4 << 30, 0),
     ]
     assert (stubs.iommu, stubs.mmio64, stubs.numa_nodes) == ("intel", 16 << 30, 2)
-    assert "intel_iommu=on" in stubs.kernel_args and "pci=hpiosize=0" in stubs.kernel_args
-    assert ("kernel-irqchip", "split") in stubs.machine_props
-    assert stubs.devices[0].driver == "intel-iommu"  # before the devices it translates for
-    assert {"vfio_pci", "vfio_iommu_type1"} <= set(stubs.modules)
+    # What QEMU gets for them (kmatrix.vm.devices):
+    qemu = lower(stubs)
+    assert "intel_iommu=on" in qemu.kernel_args and "pci=hpiosize=0" in qemu.kernel_args
+    assert ("kernel-irqchip", "split") in qemu.machine_props
+    assert qemu.devices[0].driver == "intel-iommu"  # before the devices it translates for
+    assert {"vfio_pci", "vfio_iommu_type1"} <= set(qemu.modules)
     # The YAML 1.1 base-60 trap: unquoted 01:00.0 is still read as the address written.
     assert [h.address for h in host.host_devices] == ["0000:01:00.0"]
     assert host.iommu == "intel"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kmatrix.errors import MatrixError
-from kmatrix.matrix import load_matrix
+from kmatrix.kernels import load_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 

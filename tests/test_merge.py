@@ -20,9 +20,9 @@ from synthetic import CELLS, TESTS, cell_id, make_run
 from vt import render
 
 from conftest import DATA, ROOT, kmatrix_pytest_argv
-from kmatrix.cli import main
+from kmatrix.cli.main import main
 from kmatrix.errors import InputError
-from kmatrix.merge import _exitstatus, merge_runs
+from kmatrix.results.merge import _exitstatus, merge_runs
 
 ALL = [cell_id(*c) for c in CELLS]
 Capture = pytest.CaptureFixture[str]

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from kmatrix.build import cached_build
+from kmatrix.build.builder import cached_build
+from kmatrix.build.sources import cached_source
+from kmatrix.cli.patches import check_command
 from kmatrix.errors import KmatrixError
-from kmatrix.matrix import load_matrix
-from kmatrix.patches import check_command
-from kmatrix.sources import cached_source
+from kmatrix.kernels import load_matrix
 
 MATRIX = ROOT / "matrix" / "patched.yaml"
 SERIES = ROOT / "patches" / "kmx-demo"

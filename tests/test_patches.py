@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.patches import (
+from kmatrix.build.patches import (
     APPLIED,
     CLEAN,
     CONFLICT,
@@ -20,12 +20,12 @@ from kmatrix.patches import (
     SKIPPED,
     SeriesError,
     apply_series,
-    check_command,
     check_series,
     load_series,
     parse_patch,
     table,
 )
+from kmatrix.cli.patches import check_command
 
 BODY = [f"line {i}" for i in range(1, 31)]
 

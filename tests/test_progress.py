@@ -13,9 +13,10 @@ from _pytest._io import TerminalWriter
 from vt import render
 
 from conftest import DATA
-from kmatrix.matrix import load_matrix
-from kmatrix.plan import CellIds, RunPlan, matrix_digest
-from kmatrix.progress import Progress, choose_mode, fmt_elapsed
+from kmatrix.config.matrix import matrix_digest
+from kmatrix.kernels import load_matrix
+from kmatrix.pytest.plan import CellIds, RunPlan
+from kmatrix.pytest.progress import Progress, choose_mode, fmt_elapsed
 
 TWO = load_matrix(DATA / "matrices" / "two.yaml")
 A, B = (c.id for c in TWO.cells)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.matrix import Cell, load_matrix, load_profile
-from kmatrix.qemu_argv import BootPaths, build_argv, kernel_cmdline
+from kmatrix.config.profiles import load_profile
+from kmatrix.config.specs import Cell
+from kmatrix.kernels import load_matrix
+from kmatrix.vm.argv import BootPaths, build_argv, kernel_cmdline
 
 ROOT = Path(__file__).resolve().parent.parent
 REFS = Path(__file__).parent / "data" / "argv"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kmatrix.errors import GuestTimeout, VMError
-from kmatrix.qmp import QMP
+from kmatrix.vm.qmp import QMP
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                     "capabilities": []}}  # fmt: skip

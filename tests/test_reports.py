@@ -12,12 +12,16 @@ import kcidb_io
 import pytest
 from synthetic import cell_id, make_run, warn_finding
 
-from kmatrix import junit_cells, kcidb, report_html, report_md, reports
-from kmatrix.cli import main
-from kmatrix.compare import compare_runs
+from kmatrix.cli.main import main
 from kmatrix.errors import InputError
-from kmatrix.known_issues import load_known_issues
-from kmatrix.runs import cap_text, load_run
+from kmatrix.reports import html as report_html
+from kmatrix.reports import junit as junit_cells
+from kmatrix.reports import kcidb
+from kmatrix.reports import markdown as report_md
+from kmatrix.reports import writer as reports
+from kmatrix.results.compare import compare_runs
+from kmatrix.results.known_issues import load_known_issues
+from kmatrix.results.runs import cap_text, load_run
 
 A = cell_id("deb-6.1-cloud", "Nehalem", "virtio")
 B = cell_id("deb-6.1-cloud", "Haswell", "virtio")

@@ -15,7 +15,7 @@ import pytest
 from cdp import Browser, chromium_path
 
 from conftest import ROOT, kernel_args_61, run_kmatrix_pytest, two_with
-from kmatrix.cli import main
+from kmatrix.cli.main import main
 
 BROKEN_CELL = "deb-6.1-cloud/Nehalem/virtio"
 GOOD_CELL = "deb-6.12-cloud/Haswell/virtio"

@@ -10,7 +10,13 @@ import pytest
 
 from conftest import DATA
 from kmatrix.errors import InputError
-from kmatrix.shard import assign, durations_by_test, durations_from, longest_first, parse_spec
+from kmatrix.results.shard import (
+    assign,
+    durations_by_test,
+    durations_from,
+    longest_first,
+    parse_spec,
+)
 
 CELLS = [f"k{k}/cpu{c}/dev" for k in range(3) for c in range(5)]
 
@@ -87,8 +93,8 @@ class _Node:
 
 def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> list[str]:
     """Which cell each of two xdist workers gets first from kmatrix's scheduler."""
-    from kmatrix import plugin
-    from kmatrix.matrix import load_matrix
+    from kmatrix.kernels import load_matrix
+    from kmatrix.pytest import plugin
 
     matrix = load_matrix(DATA / "matrices" / "two.yaml")
     reports = tmp_path / "reports"
@@ -116,7 +122,7 @@ def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> lis
 
 
 def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
-    from kmatrix.matrix import load_matrix
+    from kmatrix.kernels import load_matrix
 
     first, second = (c.id for c in load_matrix(DATA / "matrices" / "two.yaml").cells)
     assert _first_cells(tmp_path, None) == [first, second]  # no record: collection order

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from conftest import DATA, ROOT, qemu_pids, run_kmatrix_pytest
-from kmatrix import snapshot
-from kmatrix.console import ConsoleRecorder
+from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import VMError
-from kmatrix.guest import BootRecord, Guest
-from kmatrix.matrix import Cell, Matrix
-from kmatrix.plugin import POOL_KEY, CellPool, _plan_snapshots
+from kmatrix.guest.guest import BootRecord, Guest
+from kmatrix.guest.lifecycle import CellPool
+from kmatrix.pytest.collection import _plan_snapshots
+from kmatrix.pytest.stash import POOL_KEY
+from kmatrix.vm import snapshot
+from kmatrix.vm.console import ConsoleRecorder
 
 CLEAN_CASES = DATA / "cleancases" / "test_clean_guest.py"
 FIND_DISK = (

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from kmatrix.guest import Guest
-from kmatrix.session import GuestSession
+from kmatrix.guest.guest import Guest
+from kmatrix.guest.session import GuestSession
 
 
 def test_a_dirty(guest: GuestSession) -> None:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from kmatrix.guest import Guest
-from kmatrix.session import GuestSession
+from kmatrix.guest.guest import Guest
+from kmatrix.guest.session import GuestSession
 
 
 def test_a_sigkill_qemu(booted: Guest, guest: GuestSession) -> None:

@@ -1,0 +1,52 @@
+"""`kmatrix build`: build (or find in the cache) a matrix's source-built kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+from kmatrix.build.builder import build_kernel
+from kmatrix.errors import BuildFailure, KmatrixError
+from kmatrix.kernels import load_matrix
+
+
+def build_command(matrix_path: Path, names: list[str]) -> int:
+    """`kmatrix build`: builds (or finds in the cache) the matrix's source-built kernels."""
+    m = load_matrix(matrix_path)
+    kernels = [k for k in m.kernels if k.build is not None and (not names or k.name in names)]
+    unknown = set(names) - {k.name for k in m.kernels if k.build is not None}
+    if unknown:
+        built_names = ", ".join(k.name for k in m.kernels if k.build is not None) or "none"
+        raise KmatrixError(
+            f"{m.path}: no source-built kernel {', '.join(sorted(unknown))} (they are: "
+            f"{built_names})"
+        )
+
+    def on_term(signum: int, frame: object) -> None:
+        # Unwind like Ctrl-C: make's process group is killed and the scratch tree removed.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, on_term)
+    failed = 0
+    for k in kernels:
+        assert k.build is not None
+        t0 = time.monotonic()
+        try:
+            b = build_kernel(k.build, k.origin)
+        except BuildFailure as e:
+            failed += 1
+            print(f"{k.name}: BUILD FAILED\n{e}", flush=True)
+            continue
+        how = "cached, nothing compiled" if b.cached else f"built in {b.seconds:.0f}s"
+        print(
+            f"{k.name}: {b.version} {how} ({time.monotonic() - t0:.1f}s here); {b.image}",
+            flush=True,
+        )
+        for p in b.patches:
+            print(f"    {p.patch}: {p.short()}")
+        for d in b.dropped:
+            print(f"    config: {d.option}={d.wanted} (from {d.fragment}) is {d.got} in .config")
+    return 1 if failed else 0

@@ -1,0 +1,239 @@
+"""The `kmatrix` command: list, run, shell, setup."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kmatrix import __version__
+from kmatrix.cli import merge
+from kmatrix.cli import report as report_cli
+from kmatrix.config.specs import Matrix
+from kmatrix.errors import KmatrixError
+from kmatrix.host.tools import ensure_host_packages
+from kmatrix.kernels import load_matrix
+from kmatrix.resources import data_dir
+
+
+def _default_matrix() -> Path:
+    local = Path.cwd() / "matrix" / "default.yaml"
+    return local if local.is_file() else data_dir("matrix") / "default.yaml"
+
+
+def _testcases_dir() -> Path:
+    local = Path.cwd() / "testcases"
+    return local if local.is_dir() else data_dir("testcases")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    m = load_matrix(args.matrix)
+    width = max(len(c.id) for c in m.cells)
+    print(f"# {m.path}: {len(m.cells)} cells")
+    for c in m.cells:
+        k = c.kernel
+        print(
+            f"{c.id:<{width}}  {k.source}:{k.location}  cpu={c.cpu.model} smp={c.smp} "
+            f"mem={c.memory}M machine={c.device.machine}"
+            + (f"  expect={e.outcome}" if (e := c.expected("*")) else "")
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    matrix = load_matrix(args.matrix)  # fail fast, before pytest starts, on a bad matrix
+    if args.repeat > 1:
+        # Repeated runs, one directory each, give `kmatrix compare` samples for metric
+        # verdicts (a directory of run directories counts as that many runs).
+        rc = 0
+        for i in range(1, args.repeat + 1):
+            one = argparse.Namespace(**{**vars(args), "repeat": 1})
+            one.reports = str(Path(args.reports) / f"repeat-{i}")
+            rc = max(rc, cmd_run(one, extra))
+        return rc
+    reports = Path(args.reports)
+    reports.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(_testcases_dir()),
+        "-p",
+        "kmatrix",
+        f"--kmatrix-matrix={args.matrix}",
+        f"--kmatrix-reports={reports}",
+        f"--junitxml={reports / 'junit.xml'}",
+        "-o",
+        "junit_family=xunit1",
+        "-rfEs",
+    ]
+    if args.accel:
+        argv.append(f"--kmatrix-accel={args.accel}")
+    workers = args.workers or str(default_workers(matrix))
+    if workers != "1":
+        argv += ["-n", workers]
+    argv += [f"--kmatrix-baseline={b}" for b in args.baseline]
+    argv += extra
+    print("kmatrix run: " + " ".join(argv), flush=True)
+    return _call_forwarding_signals(argv)
+
+
+def default_workers(matrix: Matrix) -> int:
+    """One worker per usable CPU (under TCG a guest keeps about one core busy: two guests on
+    two cores ran the default matrix 1.9x as fast), bounded by the cells and by the memory
+    their guests need (each cell's RAM plus ~0.5 GiB for QEMU and the snapshot in /tmp)."""
+    cpus = len(os.sched_getaffinity(0))
+    need = max((c.memory for c in matrix.cells), default=1024) + 512
+    avail = cpus
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) // 1024 // need
+    return max(1, min(cpus, len(matrix.cells), avail))
+
+
+def _call_forwarding_signals(argv: list[str]) -> int:
+    """Runs pytest as a child and passes SIGTERM/SIGINT on to it, so a cancelled CI job stops
+    the run (and its QEMUs) instead of orphaning it."""
+    child = subprocess.Popen(argv)
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for pytest
+                continue
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from kmatrix.guest.guest import Guest
+
+    m = load_matrix(args.matrix)
+    cell = m.cell(args.cell)
+    g = Guest(cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel)
+    g.prepare()
+    print(
+        f"kmatrix shell: booting {cell.id}; exit the shell (or Ctrl-A x) to power off", flush=True
+    )
+    return g.shell()
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    return ensure_host_packages(check_only=args.check, tests=args.tests)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kmatrix", description=__doc__)
+    p.add_argument("--version", action="version", version=f"kmatrix {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_matrix(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--matrix",
+            "-m",
+            type=Path,
+            default=_default_matrix(),
+            help="matrix file (default: matrix/default.yaml)",
+        )
+
+    sp = sub.add_parser("list", help="list the cells of a matrix")
+    with_matrix(sp)
+    sp = sub.add_parser(
+        "run",
+        help="run the matrix through pytest; reports into reports/",
+        epilog="arguments after -- go to pytest (e.g. -- -k Haswell -x)",
+    )
+    with_matrix(sp)
+    sp.add_argument("--reports", default="reports")
+    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp.add_argument(
+        "-n",
+        "--workers",
+        help="pytest-xdist workers (default: one per CPU, as memory allows; 1: no xdist)",
+    )
+    sp.add_argument(
+        "--baseline", action="append", default=[], help="earlier run to compare with; repeatable"
+    )
+    sp.add_argument("--repeat", type=int, default=1, help="run N times into REPORTS/repeat-1..N")
+    sp = sub.add_parser("shell", help="boot one cell and attach an interactive shell")
+    with_matrix(sp)
+    sp.add_argument("cell", help="cell id, e.g. deb-6.12-cloud/Haswell/virtio")
+    sp.add_argument("--reports", default="reports")
+    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp = sub.add_parser("build", help="build (or find in the cache) the source-built kernels")
+    with_matrix(sp)
+    sp.add_argument("kernels", nargs="*", help="kernel names (default: all built from source)")
+    sp = sub.add_parser("patches", help="patch series tools")
+    psub = sp.add_subparsers(dest="patches_command", required=True)
+    pc = psub.add_parser(
+        "check", help="the series x source-version table: clean, offset, fuzz, applied, conflict"
+    )
+    pc.add_argument("series", help="a directory (quilt series or *.patch), an mbox or a patch")
+    pc.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="kernel source: linux-source-6.1, a directory, a git checkout (PATH@REF for a "
+        "ref), a tarball or a .deb (repeat for more versions)",
+    )
+    pc.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    pc.add_argument("--skip", action="append", default=[], metavar="GLOB", help="leave out")
+    sp = sub.add_parser("setup", help="install missing host packages (as root)")
+    sp.add_argument("--check", action="store_true", help="only report what is missing")
+    sp.add_argument(
+        "--tests", action="store_true", help="also what the project's own tests need (chromium)"
+    )
+    report_cli.add_parsers(sub)
+    merge.add_parser(sub)
+
+    raw = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in raw:
+        i = raw.index("--")
+        raw, extra = raw[:i], raw[i + 1 :]
+    args = p.parse_args(raw)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "run":
+            return cmd_run(args, extra)
+        if args.command == "shell":
+            return cmd_shell(args)
+        if args.command in report_cli.COMMANDS:
+            return report_cli.dispatch(args)
+        if args.command == "merge":
+            return merge.command(args)
+        if args.command == "build":
+            from kmatrix.cli.build import build_command
+
+            return build_command(args.matrix, args.kernels)
+        if args.command == "patches":
+            from kmatrix.cli.patches import check_command
+
+            return check_command(args.series, args.source, args.json, args.skip)
+        return cmd_setup(args)
+    except KmatrixError as e:
+        print(f"kmatrix: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `kmatrix list | head`: the reader left; say nothing more, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    os._exit(main())

@@ -1,0 +1,85 @@
+"""The `kmatrix report` and `kmatrix compare` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kmatrix.errors import InputError
+from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
+from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs, render_text
+from kmatrix.results.known_issues import load_known_issues
+from kmatrix.results.runs import load_runs
+
+COMMANDS = ("report", "compare")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sp = sub.add_parser(
+        "report",
+        help="(re)generate the reports of a run from its results.json",
+        description="Writes junit-cells.xml, index.html, summary.md, kcidb.json (and "
+        "compare.json with --baseline) beside the run's results.json.",
+    )
+    sp.add_argument("results", type=Path, help="reports directory or results.json")
+    add_report_arguments(sp, "reports directory")
+
+    sp = sub.add_parser(
+        "compare",
+        help="regression verdicts of NEW runs against BASE runs (exit 1 on regression)",
+        description="Each (cell, test): new failure, fixed, still failing, new, gone; each "
+        "metric: regressed, improved, unchanged by an exact Mann-Whitney U test over "
+        "repeated runs. A directory whose subdirectories hold results.json files counts as "
+        "that many runs. Exit status: 0 no regression, 1 regression, 2 bad input.",
+    )
+    sp.add_argument("runs", nargs="*", type=Path, metavar="BASE NEW", help="two runs")
+    sp.add_argument("--base", action="append", type=Path, default=[], help="a BASE run")
+    sp.add_argument("--new", action="append", type=Path, default=[], help="a NEW run")
+    sp.add_argument("--known-issues", type=Path, help="known-issues YAML")
+    sp.add_argument("--alpha", type=float, default=ALPHA, help=f"significance ({ALPHA})")
+    sp.add_argument(
+        "--min-change",
+        type=float,
+        default=MIN_CHANGE,
+        help=f"smallest relative change of the median that counts ({MIN_CHANGE})",
+    )
+    sp.add_argument("--json", type=Path, help="also write the verdicts as JSON")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    result = write_reports(args.results, ReportOptions.from_args(args))
+    for path in result.written.values():
+        print(path)
+    if result.comparison is not None:
+        n = len(result.comparison.regressions)
+        print(f"against the baseline: {n} regression(s)")
+    return 1 if result.errors else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    base, new = list(args.base), list(args.new)
+    if args.runs:
+        if len(args.runs) != 2:
+            raise InputError("compare: give BASE and NEW (or --base/--new, repeatable)")
+        base.append(args.runs[0])
+        new.append(args.runs[1])
+    if not base or not new:
+        raise InputError("compare: need at least one BASE and one NEW run")
+    if not 0 < args.alpha < 1:
+        raise InputError(f"compare: --alpha {args.alpha}: must be between 0 and 1")
+    base_runs, new_runs = load_runs(base), load_runs(new)
+    known_path = args.known_issues
+    known = load_known_issues(known_path) if known_path else None
+    c = compare_runs(base_runs, new_runs, known, args.alpha, args.min_change)
+    sys.stdout.write(render_text(c))
+    if args.json:
+        args.json.write_text(json.dumps(c.to_dict(), indent=1) + "\n")
+    return 1 if c.regressions else 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        return cmd_report(args)
+    return cmd_compare(args)

@@ -1,0 +1,492 @@
+"""A booted cell: artefacts resolved, image packed, QEMU launched, agent answering.
+
+This is where the pipeline meets: Cell -> KernelArtifact + initramfs -> argv -> Machine ->
+GuestSession. It classifies boot problems: a kernel that does not reach userspace is a
+BootFailure (the kernel's fault); QEMU or host trouble is an InfraError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kmatrix.config.specs import Cell
+from kmatrix.errors import (
+    GuestDied,
+    GuestError,
+    GuestTimeout,
+    HostDeviceUnavailable,
+    KmatrixError,
+    VMError,
+)
+from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for
+from kmatrix.guest.session import GuestSession
+from kmatrix.kernels.artifact import KernelArtifact, resolve
+from kmatrix.vm import accel as accel_mod
+from kmatrix.vm import snapshot as snap
+from kmatrix.vm.argv import BootPaths, build_argv
+from kmatrix.vm.console import ConsoleRecorder
+from kmatrix.vm.devices import lower
+from kmatrix.vm.hostpci import check_host_devices
+from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported
+
+CONSOLE_TAIL_LINES = 60
+_PRINTK_TIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+
+
+class BootFailure(KmatrixError):
+    """The kernel did not reach userspace (panic, hang, reset): a kernel failure."""
+
+
+def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.replace("\r", "").splitlines()[-lines:])
+
+
+def _process_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _tail_note(console: Path) -> str:
+    tail = console_tail(console)
+    return f"; console tail:\n{tail}" if tail.strip() else " (the console is empty)"
+
+
+@dataclass
+class BootRecord:
+    accel: str = ""
+    accel_reason: str = ""
+    channel: str = ""
+    boot_seconds: float | None = None  # host wall time from `cont` to the agent's hello
+    userspace_uptime: float | None = None  # guest uptime when init reached userspace
+    launches: int = 0
+    poweroff_clean: bool | None = None
+    poweroff_seconds: float | None = None
+    shutdown_steps: list[str] = field(default_factory=list)
+    tcg_missing: list[str] = field(default_factory=list)
+    exitcode: int | None = None
+    attempts: list[str] = field(default_factory=list)  # infra failures that were retried
+    console_bytes: int = 0
+    console_dropped: int = 0
+    snapshot_seconds: float | None = None  # saving the just-booted state (guest paused)
+    snapshot_mib: float | None = None
+    snapshot_error: str = ""  # why no snapshot was taken, when one was wanted
+    restores: int = 0  # times the VM was replaced by one started from the snapshot
+    restore_seconds: list[float] = field(default_factory=list)  # old VM out -> new one answers
+    restore_reasons: list[str] = field(default_factory=list)
+
+
+class Guest:
+    def __init__(
+        self,
+        cell: Cell,
+        outdir: Path,
+        accel: str | None = None,
+        direct_boot: bool = True,
+    ) -> None:
+        self.cell = cell
+        self.outdir = outdir
+        self.requested_accel = accel or cell.accel
+        self.direct_boot = direct_boot
+        self.kernel: KernelArtifact | None = None
+        self.modules: ModuleIndex | None = None
+        self.initrd: Path | None = None
+        self.machine: Machine | None = None
+        self.session: GuestSession | None = None
+        self.record = BootRecord()
+        self._transcript: IO[str] | None = None
+        self.recorder: ConsoleRecorder | None = None
+        self.console_log = outdir / "console.log"
+        self.scratch_disk: Path | None = None  # host file behind the scratch disk, this boot
+        self._snapshot: int | None = None  # unnamed file holding the just-booted VM state
+        self._snapshot_disk: int | None = None  # the scratch disk as it was at that moment
+
+    # --- preparing ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Checks host devices, resolves the kernel and packs the image; raises
+        HostDeviceUnavailable/InputError/InfraError, boots nothing."""
+        if self.cell.device.host_devices:
+            # Real passthrough is checked on the host first, never tried blindly.
+            reason = check_host_devices(h.address for h in self.cell.device.host_devices)
+            if reason:
+                raise HostDeviceUnavailable(f"{self.cell.id}: {reason}")
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.kernel = resolve(self.cell.kernel, direct_boot=self.direct_boot)
+        self.modules = ModuleIndex.load(self.kernel.modules_dir)
+        self.record.channel = channel_for(self.kernel, self.modules)
+        wanted = base_modules(self.record.channel) + lower(self.cell.device).modules
+        self.initrd = build_image(self.kernel, wanted)
+
+    def _argv(self, accel: str, rundir: Path, console: Path, shell: bool = False) -> list[str]:
+        assert self.kernel is not None and self.initrd is not None
+        paths = BootPaths(
+            kernel=self.kernel.boot_image,
+            initrd=self.initrd,
+            console_log=console,
+            qmp_socket=rundir / "qmp.sock",
+            agent_socket=rundir / "agent.sock",
+            console_socket=None if shell else rundir / "console.sock",
+            scratch_disk=self._scratch_disk(rundir),
+        )
+        return build_argv(
+            self.cell,
+            paths,
+            accel,
+            self.record.channel,
+            shell=shell,
+            sandbox=sandbox_supported(),
+        )
+
+    def _scratch_disk(self, rundir: Path) -> Path | None:
+        """A fresh sparse file for the profile's scratch disk, private to this boot."""
+        disk = self.cell.device.scratch_disk
+        if disk is None:
+            return None
+        path = rundir / f"{disk.id}.img"
+        with path.open("wb") as f:
+            f.truncate(disk.size << 20)
+        self.scratch_disk = path
+        return path
+
+    def _probe_kvm(self) -> str | None:
+        """Boots this cell under KVM with a short deadline; None if the agent answered."""
+        probe = Guest(self.cell, self.outdir / "kvm-probe", accel="kvm", direct_boot=False)
+        probe.kernel, probe.modules, probe.initrd = self.kernel, self.modules, self.initrd
+        probe.record.channel = self.record.channel
+        try:
+            probe._boot("kvm", accel_mod.PROBE_TIMEOUT)
+            return None
+        except (KmatrixError, OSError) as e:
+            return str(e).splitlines()[0]
+        finally:
+            probe.stop(collect=False)
+
+    # --- booting ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Boots the cell; BootFailure if the kernel never reaches userspace."""
+        if self.kernel is None:
+            self.prepare()
+        choice = accel_mod.choose(self.requested_accel, self._probe_kvm)
+        self.record.accel, self.record.accel_reason = choice.accel, choice.reason
+        self._boot(choice.accel, self.cell.boot_timeout)
+
+    def _boot(self, accel: str, timeout: float) -> None:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        rundir = private_rundir()
+        self.record.launches += 1
+        if self.record.launches > 1:  # a later boot of the cell must not truncate the first's log
+            self.console_log = self.outdir / f"console-{self.record.launches}.log"
+        machine = Machine(
+            self._argv(accel, rundir, self.console_log),
+            rundir,
+            self.outdir / "qemu.log",
+            self.cell.id,
+        )
+        self.machine = machine
+        recorder = ConsoleRecorder(self.console_log)
+        self.recorder = recorder
+        machine.launch(before_cont=lambda: recorder.connect(rundir / "console.sock", 10.0))
+        self.record.tcg_missing = machine.tcg_missing_features()
+        t0 = time.monotonic()
+        self._transcript = (self.outdir / "commands.log").open("a", encoding="utf-8")
+        try:
+            self.session = GuestSession.connect(
+                rundir / "agent.sock", 10.0, machine.is_running, self.cell.id, self._transcript
+            )
+            self.record.userspace_uptime = self.session.wait_ready(timeout)
+        except GuestDied as e:
+            code = machine.wait_exit(5.0)
+            self._close_recorder()  # QEMU is gone: flush the kept tail before reading the log
+            raise BootFailure(
+                f"{self.cell.id}: the kernel did not reach userspace; QEMU exited "
+                f"with code {code}" + _tail_note(self.console_log)
+            ) from e
+        except GuestTimeout as e:
+            raise BootFailure(
+                f"{self.cell.id}: no answer from userspace within {timeout:g}s"
+                + _tail_note(self.console_log)
+            ) from e
+        self.record.boot_seconds = time.monotonic() - t0
+
+    def shell(self) -> int:
+        """Boots the cell with the developer's terminal as its console; returns QEMU's exit code."""
+        if self.kernel is None:
+            self.prepare()
+        choice = accel_mod.choose(self.requested_accel, self._probe_kvm)
+        self.record.accel, self.record.accel_reason = choice.accel, choice.reason
+        rundir = private_rundir()
+        machine = Machine(
+            self._argv(choice.accel, rundir, self.console_log, shell=True),
+            rundir,
+            self.outdir / "qemu.log",
+            self.cell.id,
+        )
+        self.machine = machine
+        machine.launch(interactive=True)
+        try:
+            code = machine.proc.wait() if machine.proc is not None else 1
+        finally:
+            machine.shutdown()
+        return code
+
+    # --- using ------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.session is not None
+            and not self.session.closed
+            and self.machine is not None
+            and self.machine.is_running()
+        )
+
+    def qmp(self, command: str, timeout: float = 10.0, **args: Any) -> Any:
+        if self.machine is None or self.machine.qmp is None:
+            raise VMError(f"{self.cell.id}: the VM is not running")
+        return self.machine.qmp.cmd(command, timeout=timeout, **args)
+
+    def poweroff(self, timeout: float = 30.0) -> bool:
+        """Asks the guest to power off and waits for QEMU to exit by itself."""
+        if self.session is None or self.machine is None:
+            return False
+        self.save_dmesg()
+        t0 = time.monotonic()
+        try:
+            self.session.poweroff(timeout=min(10.0, timeout))
+        except GuestError:
+            self.record.poweroff_clean = False
+            return False
+        code = self.machine.wait_exit(timeout)
+        self.record.poweroff_seconds = time.monotonic() - t0
+        self.record.poweroff_clean = code == 0
+        self.record.exitcode = code
+        return bool(self.record.poweroff_clean)
+
+    def diagnose(self) -> tuple[str, str]:
+        """After a guest command timed out or the VM vanished: ('infra'|'kernel', why).
+
+        A QEMU killed by a signal, stopped, or deaf to QMP is the host's problem; a guest
+        that panicked (QEMU exited by itself) or hangs under a responsive QEMU is the kernel's.
+        """
+        m = self.machine
+        if m is None or m.proc is None:
+            return "infra", "no VM was started"
+        # The channel can close a moment before a dying QEMU can be reaped: let it finish.
+        code = m.wait_exit(1.0)
+        if code is not None:
+            self._close_recorder()
+            if code < 0:
+                return "infra", f"QEMU was killed by signal {-code}"
+            return "kernel", f"the guest went down (QEMU exited with code {code})"
+        if _process_state(m.proc.pid) == "T":
+            return "infra", "QEMU is stopped (SIGSTOP/ptrace); killed it"
+        try:
+            status = m.qmp.cmd("query-status", timeout=5.0) if m.qmp else None
+        except KmatrixError as e:
+            code = m.wait_exit(2.0)
+            if code is not None and code < 0:
+                return "infra", f"QEMU was killed by signal {-code}"
+            if code is not None:
+                return "kernel", f"the guest went down (QEMU exited with code {code})"
+            return "infra", f"QEMU does not answer QMP ({e})"
+        state = status.get("status") if isinstance(status, dict) else None
+        if state in ("guest-panicked", "internal-error", "shutdown"):
+            return "kernel", f"the VM is in state {state!r}"
+        return "kernel", f"the guest stopped answering while QEMU runs (state {state!r})"
+
+    def _close_recorder(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            # += : a restored VM's recorder continues the same log.
+            self.record.console_bytes += self.recorder.total
+            self.record.console_dropped += self.recorder.dropped
+            self.recorder = None
+
+    def save_dmesg(self, name: str = "dmesg.log") -> None:
+        """Keeps the whole kernel ring buffer (the console is quiet) beside the console log."""
+        if self.alive and self.session is not None:
+            with contextlib.suppress(KmatrixError, OSError):
+                dmesg = self.session.run("dmesg", timeout=20).stdout
+                (self.outdir / name).write_text(dmesg)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
+    def snapshot(self, timeout: float = 60.0) -> bool:
+        """Saves the running guest's state for restore(), with a copy of the scratch disk
+        made at the same instant: the saved memory caches the disk's blocks, so a restored
+        guest needs the disk as it was then (a copy of a mostly sparse file costs
+        milliseconds; refusing would leave every profile with a disk without snapshots).
+        The guest is paused while saving. False, with record.snapshot_error, if QEMU
+        cannot save it (e.g. a migration blocker such as a passed-through host device)."""
+        m = self.machine
+        if not self.alive or m is None or m.qmp is None:
+            self.record.snapshot_error = "the guest was not running"
+            return False
+        self.discard_snapshot()
+        t0 = time.monotonic()
+        state = snap.unnamed_file()
+        disk: int | None = None
+        try:
+            snap.save(m.qmp, state, timeout)
+            if self.scratch_disk is not None:
+                disk = snap.unnamed_file()
+                with self.scratch_disk.open("rb") as f:
+                    snap.copy_sparse(f.fileno(), disk)
+        except (KmatrixError, OSError) as e:
+            os.close(state)
+            if disk is not None:
+                os.close(disk)
+            self.record.snapshot_error = str(e).splitlines()[0]
+        else:
+            self._snapshot, self._snapshot_disk = state, disk
+            self.record.snapshot_mib = round(os.fstat(state).st_size / 2**20, 1)
+            self.record.snapshot_error = ""
+        # Saved or not, the guest runs on (after a migration QEMU waits in postmigrate).
+        m.qmp.cmd("cont")
+        self.record.snapshot_seconds = round(time.monotonic() - t0, 3)
+        return self._snapshot is not None
+
+    def discard_snapshot(self) -> None:
+        for fd in (self._snapshot, self._snapshot_disk):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._snapshot = self._snapshot_disk = None
+
+    def restore(self, reason: str, timeout: float = 60.0) -> float:
+        """Replaces the VM with one started from the snapshot (-incoming), so the guest is as
+        it was right after boot; QMP, the console recorder (appending to the same log, after
+        a marker line) and the agent session are reconnected. The outgoing guest's kernel
+        log is kept as dmesg-before-restore-N.log. Returns the seconds taken (old VM out to
+        the new guest answering a command); VMError if the new VM does not come up."""
+        if self._snapshot is None:
+            raise VMError(f"{self.cell.id}: there is no snapshot to restore")
+        t0 = time.monotonic()
+        n = self.record.restores + 1
+        self._keep_dmesg_since_boot(f"dmesg-before-restore-{n}.log")
+        self._end_vm()
+        # The restored kernel's timestamps go back to the snapshot's: say so in the log.
+        with contextlib.suppress(OSError), self.console_log.open("a") as f:
+            f.write(
+                f"\n[kmatrix: restore {n} ({reason}): the VM restarts from the state saved "
+                "after boot; kernel timestamps below continue from that moment]\n"
+            )
+        sessions: list[GuestSession] = []
+        try:
+            self._launch_restored(n, reason, timeout, sessions)
+        except (KmatrixError, OSError) as e:
+            for s in sessions:
+                s.close()
+            self._end_vm()
+            raise VMError(f"{self.cell.id}: restoring the snapshot failed: {e}") from e
+        self.record.exitcode = None  # that of the VM which ends the cell, not of a replaced one
+        dt = time.monotonic() - t0
+        self.record.restores = n
+        self.record.restore_seconds.append(round(dt, 3))
+        self.record.restore_reasons.append(reason)
+        return dt
+
+    def _launch_restored(
+        self, n: int, reason: str, timeout: float, sessions: list[GuestSession]
+    ) -> None:
+        state = self._snapshot
+        assert state is not None
+        rundir = private_rundir()
+        argv = [*self._argv(self.record.accel, rundir, self.console_log), "-incoming", "defer"]
+        if self._snapshot_disk is not None and self.scratch_disk is not None:
+            with self.scratch_disk.open("r+b") as disk:
+                snap.copy_sparse(self._snapshot_disk, disk.fileno())
+        machine = Machine(argv, rundir, self.outdir / "qemu-restore.log", self.cell.id)
+        self.machine = machine
+        recorder = ConsoleRecorder(self.console_log, append=True)
+        self.recorder = recorder
+        if self._transcript is None:
+            self._transcript = (self.outdir / "commands.log").open("a", encoding="utf-8")
+        self._transcript.write(f"# restore {n}: {reason}\n")
+
+        def before_cont() -> None:
+            # Console and agent are connected before the guest runs: virtio-serial tells the
+            # guest when the host end closes, and the agent would take that for EOF and quit.
+            recorder.connect(rundir / "console.sock", 10.0)
+            try:
+                sessions.append(
+                    GuestSession.connect(
+                        rundir / "agent.sock", 10.0, machine.is_running, self.cell.id,
+                        self._transcript,
+                    )
+                )  # fmt: skip
+            except GuestError as e:
+                raise VMError(f"{self.cell.id}: {e}") from None
+            assert machine.qmp is not None
+            snap.load(machine.qmp, state, timeout)
+
+        machine.launch(before_cont=before_cont)
+        self.session = sessions[0]
+        # The saved agent was waiting for a request: one answer proves the guest runs.
+        self.session.run("true", timeout=30, check=True)
+
+    def _keep_dmesg_since_boot(self, name: str) -> None:
+        """The outgoing guest's kernel log from the agent's hello on (the boot part stays in
+        the snapshot and reaches dmesg.log at the end): nothing a test caused is lost."""
+        if not self.alive or self.session is None:
+            return
+        since = self.record.userspace_uptime or 0.0
+        with contextlib.suppress(KmatrixError, OSError):
+            keep, on = [], False
+            for line in self.session.run("dmesg", timeout=20).stdout.splitlines():
+                m = _PRINTK_TIME.match(line)
+                if m:
+                    on = float(m.group(1)) > since
+                if on:
+                    keep.append(line + "\n")
+            (self.outdir / name).write_text("".join(keep))
+
+    def _end_vm(self) -> None:
+        """Ends QEMU and the channels to it; transcript and snapshot stay for the next VM."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        if self.machine is not None:
+            self.machine.shutdown()
+        self._close_recorder()
+
+    def stop(self, collect: bool = True) -> None:
+        """Saves the kernel log if the guest still answers, then ends QEMU whatever state."""
+        try:
+            if collect:
+                self.save_dmesg()
+        finally:
+            if self.session is not None:
+                self.session.close()
+            if self.machine is not None:
+                self.machine.shutdown()
+                self.record.shutdown_steps += self.machine.shutdown_steps
+                if self.record.exitcode is None:
+                    self.record.exitcode = self.machine.exitcode
+            self._close_recorder()
+            self.discard_snapshot()
+            if self._transcript is not None:
+                self._transcript.close()
+                self._transcript = None

@@ -1,0 +1,399 @@
+"""Guest image: the initramfs each cell boots, built from images/ and cached by content hash.
+
+Contents: busybox-static with its applet links, the init and agent from images/, host tools
+named by the recipe (copied with the shared libraries they need), small C programs from
+images/programs/ compiled static on the host (cached by source and compiler), and the kernel
+modules the cell needs with their dependencies, decompressed on the host so busybox modprobe
+can load them.
+An uncompressed cpio: under TCG, decompressing an initramfs costs more than reading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kmatrix.config.yamlnode import NodeReader, compose_file
+from kmatrix.errors import ArtifactError, InfraError
+from kmatrix.host.cache import cache_root, digest_bytes, ensure_file, file_stamp, stamped_digest
+from kmatrix.host.tools import run_tool
+from kmatrix.kernels.artifact import KernelArtifact
+from kmatrix.resources import data_dir
+
+RECIPE_VERSION = "1"  # bump when the layout code below changes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    busybox: Path
+    files: tuple[tuple[Path, str], ...]  # (source in images/, destination in the guest)
+    tools: tuple[Path, ...]  # host binaries copied with their libraries
+    data: tuple[Path, ...] = ()  # host data files the tools read, copied to the same path
+    programs: tuple[tuple[Path, str], ...] = ()  # (C source in images/, guest path)
+
+    def digest(self) -> str:
+        parts: list[bytes | str] = [RECIPE_VERSION, stamped_digest(self.busybox)]
+        for src, dst in self.files:
+            parts += [dst, src.read_bytes()]
+        for src, dst in self.programs:
+            parts += [dst, program_key(src)]
+        for t in (*self.tools, *self.data):
+            parts += [str(t), stamped_digest(t)]
+        return digest_bytes(*parts)
+
+
+_RECIPE_KEYS = ("busybox", "files", "tools", "data", "programs")
+
+
+def load_recipe(images_dir: Path | None = None) -> Recipe:
+    images_dir = images_dir or data_dir("images")
+    path = images_dir / "recipe.yaml"
+    ctx = NodeReader(path)
+    node = compose_file(path)
+    top = ctx.mapping(node, "", _RECIPE_KEYS)  # a misspelt section would be silently empty
+    data = ctx.value(node)
+    busybox = Path(data.get("busybox", "/bin/busybox"))
+    if not busybox.is_file():
+        raise InfraError(f"{path}: busybox {busybox} not found (install busybox-static)")
+    files = tuple((images_dir / src, dst) for src, dst in data.get("files", {}).items())
+    tools = []
+    for t in data.get("tools", []) or []:
+        found = shutil.which(t)
+        if found is None:
+            raise InfraError(f"{path}: guest tool {t!r} is not installed on the host")
+        tools.append(Path(found))
+    extra = tuple(Path(d) for d in data.get("data", []) or [])
+    for d in extra:
+        if not d.is_absolute() or not d.is_file():
+            raise InfraError(f"{path}: guest data file {d} is not an absolute path to a host file")
+    programs = _programs(ctx, images_dir, top["programs"][1]) if "programs" in top else ()
+    return Recipe(busybox=busybox, files=files, tools=tuple(tools), data=extra, programs=programs)
+
+
+def _programs(ctx: NodeReader, images_dir: Path, node: yaml.Node) -> tuple[tuple[Path, str], ...]:
+    """programs: {guest path: C source relative to images/}."""
+    if isinstance(node, yaml.ScalarNode) and ctx.value(node) is None:
+        return ()  # an empty section
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, "programs", "expected a mapping {guest path: C source}")
+    out: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    for knode, vnode in node.value:
+        dst = ctx.value(knode) if isinstance(knode, yaml.ScalarNode) else None
+        key = f"programs.{dst}"
+        if not isinstance(dst, str) or not dst.startswith("/") or dst.endswith("/"):
+            raise ctx.err(knode, key, "the guest path must be absolute, e.g. /usr/bin/kmx-vfio")
+        if ".." in dst.split("/") or os.path.normpath(dst) != dst:
+            raise ctx.err(knode, key, "the guest path must be normalised (no .., // or .)")
+        if dst in seen:
+            raise ctx.err(knode, key, "duplicate guest path")
+        seen.add(dst)
+        rel = ctx.string(vnode, key)
+        src = (images_dir / rel).resolve()
+        if not src.is_file():
+            raise ctx.err(vnode, key, f"C source {rel!r} not found in {images_dir}")
+        if src.suffix != ".c":
+            raise ctx.err(vnode, key, f"{rel!r} is not a C source (.c)")
+        out.append((src, dst))
+    return tuple(out)
+
+
+# --- guest programs -------------------------------------------------------------------------
+
+# Static: the guest has busybox and no libc. -Werror: a warning in a test tool is a bug.
+PROGRAM_CFLAGS = ("-static", "-Os", "-Wall", "-Werror")
+
+
+@functools.cache
+def _gcc_version() -> str:
+    return run_tool(["gcc", "--version"], "guest programs")
+
+
+def program_key(src: Path) -> str:
+    """What the compiled binary depends on: the source, the compiler and the flags."""
+    return digest_bytes(src.read_bytes(), _gcc_version(), *PROGRAM_CFLAGS)
+
+
+def compile_program(src: Path) -> Path:
+    """The static binary built from src, compiled once per source and compiler."""
+    dest = cache_root() / "programs" / f"{src.stem}-{program_key(src)[:24]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def build(tmp: Path) -> None:
+        what = f"compiling guest program {src}"
+        try:
+            run_tool(["gcc", *PROGRAM_CFLAGS, "-o", str(tmp), str(src)], what, timeout=300)
+        except ArtifactError as e:
+            if "cannot find -lc" in str(e):  # gcc -static needs libc.a
+                raise ArtifactError(f"{e} (install libc6-dev: `kmatrix setup`)") from None
+            raise
+
+    return ensure_file(dest, build)
+
+
+# --- modules ----------------------------------------------------------------------------------
+
+_MOD_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
+
+
+def module_name(path: str) -> str:
+    return _MOD_SUFFIX.sub("", os.path.basename(path)).replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ModuleIndex:
+    """modules.dep and modules.builtin of one kernel."""
+
+    deps: dict[str, tuple[str, ...]]  # relative path -> dependency paths
+    by_name: dict[str, str]  # module name -> relative path
+    builtin: frozenset[str]
+
+    @classmethod
+    def load(cls, modules_dir: Path | None) -> ModuleIndex:
+        if modules_dir is None or not (modules_dir / "modules.dep").is_file():
+            return cls({}, {}, frozenset())
+        # Parsed once per process and kernel (a cell's prepare and its image both need it).
+        stamps = []
+        for name in ("modules.dep", "modules.builtin"):
+            with contextlib.suppress(OSError):
+                stamps.append(file_stamp((modules_dir / name).stat()))
+        key = (str(modules_dir), *stamps)
+        if key not in _INDEXES:
+            _INDEXES[key] = cls._parse(modules_dir)
+        return _INDEXES[key]
+
+    @classmethod
+    def _parse(cls, modules_dir: Path) -> ModuleIndex:
+        deps: dict[str, tuple[str, ...]] = {}
+        for line in (modules_dir / "modules.dep").read_text().splitlines():
+            if ":" in line:
+                mod, rest = line.split(":", 1)
+                deps[mod] = tuple(rest.split())
+        builtin_file = modules_dir / "modules.builtin"
+        builtin = frozenset(
+            module_name(line)
+            for line in (builtin_file.read_text().splitlines() if builtin_file.is_file() else [])
+        )
+        return cls(deps, {module_name(p): p for p in deps}, builtin)
+
+    def state(self, name: str) -> str:
+        """'builtin', 'module' or 'absent'."""
+        n = name.replace("-", "_")
+        if n in self.builtin:
+            return "builtin"
+        return "module" if n in self.by_name else "absent"
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """Relative module paths to load, dependencies first; built-ins and absents skipped."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(path: str) -> None:
+            if path in seen:
+                return
+            seen.add(path)
+            for dep in self.deps.get(path, ()):
+                visit(dep)
+            order.append(path)
+
+        for n in names:
+            p = self.by_name.get(n.replace("-", "_"))
+            if p is not None:
+                visit(p)
+        return order
+
+
+_INDEXES: dict[tuple[str, ...], ModuleIndex] = {}
+
+
+def channel_for(kernel: KernelArtifact, index: ModuleIndex) -> str:
+    """virtio when the kernel can drive a virtio console (built in or as a module we ship)."""
+    if not kernel.config_known:
+        return "serial"
+    for name, opt in (("virtio_pci", "VIRTIO_PCI"), ("virtio_console", "VIRTIO_CONSOLE")):
+        value = kernel.option(opt)
+        if value == "y":
+            continue
+        if value == "m" and index.state(name) == "module":
+            continue
+        return "serial"
+    return "virtio"
+
+
+def base_modules(channel: str) -> tuple[str, ...]:
+    return ("virtio_pci", "virtio_console") if channel == "virtio" else ()
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def _shared_libs(binary: Path) -> list[Path]:
+    """The shared objects a host binary loads, from ldd, plus the dynamic loader."""
+    try:
+        out = subprocess.run(
+            ["ldd", str(binary)], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InfraError(f"ldd {binary}: {e}") from None
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(/\S+) \(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def _decompress_module(src: Path, dst: Path) -> None:
+    if src.suffix == ".xz":
+        dst.write_bytes(lzma.decompress(src.read_bytes()))
+    elif src.suffix == ".zst":
+        with dst.open("wb") as out:
+            subprocess.run(["zstd", "-dc", str(src)], stdout=out, check=True, timeout=60)
+    elif src.suffix == ".gz":
+        import gzip
+
+        dst.write_bytes(gzip.decompress(src.read_bytes()))
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _stage(
+    root: Path,
+    recipe: Recipe,
+    kernel: KernelArtifact,
+    index: ModuleIndex,
+    modules: Sequence[str],
+) -> None:
+    for d in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib/kmatrix",
+        "etc/kmatrix",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "lib",
+        "lib64",
+        "mnt",
+    ):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(recipe.busybox, root / "bin/busybox")
+    (root / "bin/busybox").chmod(0o755)
+    applets = subprocess.run(
+        [str(recipe.busybox), "--list-full"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.split()
+    for a in applets:
+        link = root / a
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
+    for src, dst in recipe.files:
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        target.chmod(0o755)
+    for src, dst in recipe.programs:
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():  # a busybox applet: copying would overwrite busybox itself
+            target.unlink()
+        shutil.copyfile(compile_program(src), target)
+        target.chmod(0o755)
+    for tool in recipe.tools:
+        for f in [tool, *_shared_libs(tool)]:
+            target = root / str(f).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink():  # a busybox applet: the real tool replaces it
+                target.unlink()
+            if not target.exists():
+                shutil.copyfile(f.resolve(), target)
+                target.chmod(0o755)
+    for extra in recipe.data:
+        target = root / str(extra).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extra, target)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    if kernel.modules_dir is not None:
+        mdir = root / "lib/modules" / kernel.release
+        mdir.mkdir(parents=True, exist_ok=True)
+        load = index.closure(modules)
+        dep_lines = []
+        for rel in load:
+            plain = _MOD_SUFFIX.sub(".ko", rel)
+            (mdir / plain).parent.mkdir(parents=True, exist_ok=True)
+            _decompress_module(kernel.modules_dir / rel, mdir / plain)
+            deps = " ".join(_MOD_SUFFIX.sub(".ko", d) for d in index.deps.get(rel, ()))
+            dep_lines.append(f"{plain}: {deps}".rstrip() + "\n")
+        (mdir / "modules.dep").write_text("".join(dep_lines))
+        builtin = kernel.modules_dir / "modules.builtin"
+        if builtin.is_file():
+            shutil.copyfile(builtin, mdir / "modules.builtin")
+        (root / "etc/kmatrix/modules").write_text(
+            "".join(_MOD_SUFFIX.sub(".ko", rel) + "\n" for rel in load)
+        )
+
+
+def _pack(root: Path, dest: Path) -> None:
+    """newc cpio with sorted names and zeroed times, so equal inputs give equal bytes."""
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    for n in names:
+        os.utime(root / n, (0, 0), follow_symlinks=False)
+    with dest.open("wb") as out:
+        p = subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "newc", "-0", "--reproducible", "-R", "0:0"],
+            input="\0".join(names).encode() + b"\0",
+            stdout=out,
+            stderr=subprocess.PIPE,
+            cwd=root,
+            timeout=300,
+            check=False,
+        )
+    if p.returncode != 0:
+        raise InfraError(f"cpio failed building {dest}: {p.stderr.decode(errors='replace')}")
+
+
+def build_image(
+    kernel: KernelArtifact,
+    modules: Sequence[str],
+    recipe: Recipe | None = None,
+) -> Path:
+    """The cell's initramfs, from the cache when its inputs are unchanged."""
+    recipe = recipe or load_recipe()
+    index = ModuleIndex.load(kernel.modules_dir)
+    wanted = list(dict.fromkeys(modules))
+    load = index.closure(wanted)
+    key_parts: list[bytes | str] = [recipe.digest(), kernel.release]
+    for rel in load:
+        assert kernel.modules_dir is not None
+        key_parts += [rel, stamped_digest(kernel.modules_dir / rel)]
+    key = digest_bytes(*key_parts)[:24]
+    dest = cache_root() / "images" / f"initramfs-{key}.cpio"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def build(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="kmx-img-", dir=dest.parent) as staging:
+            root = Path(staging)
+            try:
+                _stage(root, recipe, kernel, index, wanted)
+            except (OSError, subprocess.SubprocessError, lzma.LZMAError) as e:
+                raise ArtifactError(f"building the guest image for {kernel.name}: {e}") from e
+            _pack(root, tmp)
+
+    return ensure_file(dest, build)

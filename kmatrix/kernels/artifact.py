@@ -1,0 +1,130 @@
+"""Kernel artefacts: turn a matrix KernelSpec into a bootable, verified KernelArtifact.
+
+Each kernel source kind (kmatrix.kernels.registry) makes its files exist; what follows is
+common to all: the release is read from the image header itself and checked against the
+matrix, the modules directory found, the config read, and an XZ/ZSTD/LZ4 kernel with a PVH
+entry decompressed once so it can be booted directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmatrix.build.builder import BuiltKernel
+from kmatrix.config.specs import KernelSpec
+from kmatrix.errors import ArtifactError
+from kmatrix.host.cache import cache_root, ensure_file, stamped_digest
+from kmatrix.kernels import bzimage
+from kmatrix.kernels.kconfig import parse_config
+from kmatrix.kernels.registry import KINDS
+
+
+@dataclass(frozen=True)
+class KernelArtifact:
+    name: str
+    image: Path  # the kernel image as given (bzImage / vmlinuz)
+    boot_image: Path  # what QEMU boots: an extracted PVH vmlinux, or the image itself
+    release: str
+    version_string: str
+    config_path: Path | None
+    modules_dir: Path | None  # .../lib/modules/<release>
+    config: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    build: BuiltKernel | None = field(default=None, compare=False, hash=False)  # source builds
+
+    def option(self, name: str) -> str | None:
+        """A config option's value ('y', 'm', a string, a number), None when not set."""
+        key = name if name.startswith("CONFIG_") else f"CONFIG_{name}"
+        return self.config.get(key)
+
+    def has(self, name: str) -> bool:
+        return self.option(name) in ("y", "m")
+
+    @property
+    def config_known(self) -> bool:
+        return bool(self.config)
+
+
+def extracted_vmlinux(info: bzimage.KernelImageInfo) -> bzimage.KernelImageInfo | None:
+    """The image's vmlinux, decompressed once into the cache, if it has a PVH entry.
+
+    Under TCG, decompressing an XZ/ZSTD kernel dominates boot time; booting the ELF directly
+    through its PVH entry skips that. Kernels without PVH fall back to the bzImage.
+    """
+    if info.kind != "bzimage" or info.compression is None:
+        return None
+    dest = cache_root() / "vmlinux" / f"{stamped_digest(info.path)[:24]}.elf"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_file(dest, lambda tmp: bzimage.extract_vmlinux(info, tmp))
+    elf = bzimage.read_kernel_image(dest)
+    return elf if elf.pvh else None
+
+
+def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
+    """Makes sure the kernel exists, reads its release and checks it against the matrix."""
+    origin = f"{spec.origin} (kernel {spec.name})"
+    try:
+        kind = KINDS[spec.source]
+    except KeyError:
+        raise ArtifactError(
+            f"{origin}: unknown kernel source kind {spec.source!r} (known: {', '.join(KINDS)})"
+        ) from None
+    files = kind.locate(spec, origin)
+    image, config_path, modules_root, built = (
+        files.image, files.config_path, files.modules_root, files.build,
+    )  # fmt: skip
+
+    if not image.is_file():
+        raise ArtifactError(f"{origin}: kernel image not found: {image}")
+    try:
+        info = bzimage.read_kernel_image(image)
+    except bzimage.KernelImageError as e:
+        raise ArtifactError(f"{origin}: {e}") from None
+    if spec.release is not None and spec.release != info.release:
+        raise ArtifactError(
+            f"{origin}: the matrix declares release {spec.release!r} but {image} "
+            f"is {info.release!r}"
+        )
+
+    modules_dir = None
+    if modules_root is not None:
+        # Accept either lib/modules or lib/modules/<release>.
+        if (modules_root / info.release).is_dir():
+            modules_dir = modules_root / info.release
+        elif (modules_root / "modules.dep").is_file() or modules_root.name == info.release:
+            modules_dir = modules_root
+            if modules_root.name != info.release and (modules_root / "modules.dep").is_file():
+                raise ArtifactError(
+                    f"{origin}: modules directory {modules_root} is for "
+                    f"{modules_root.name!r}, the kernel is {info.release!r}"
+                )
+        else:
+            raise ArtifactError(f"{origin}: no modules for {info.release} under {modules_root}")
+
+    config: dict[str, str] = {}
+    if config_path is not None:
+        try:
+            config = parse_config(config_path.read_text(errors="replace"))
+        except OSError as e:
+            raise ArtifactError(f"{origin}: cannot read config {config_path}: {e}") from None
+
+    boot_image = image
+    if direct_boot and (not config or config.get("CONFIG_PVH") == "y"):
+        try:
+            elf = extracted_vmlinux(info)
+        except bzimage.KernelImageError as e:
+            raise ArtifactError(f"{origin}: {e}") from None
+        if elf is not None:
+            boot_image = elf.path
+
+    return KernelArtifact(
+        build=built,
+        name=spec.name,
+        image=image,
+        boot_image=boot_image,
+        release=info.release,
+        version_string=info.version_string,
+        config_path=config_path,
+        modules_dir=modules_dir,
+        config=config,
+    )

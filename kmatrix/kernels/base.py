@@ -1,0 +1,44 @@
+"""The interface every kernel source kind implements, and what it hands back.
+
+A kind reads its entry of a matrix (KindParser, kmatrix.config.kinds) and, at run time,
+makes its kernel's files exist: `locate` fetches, unpacks or builds, and returns where the
+image, config and modules are. Reading the image header, checking the release, picking
+the modules directory and the direct-boot vmlinux are common to all kinds
+(kmatrix.kernels.artifact).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from kmatrix.build.builder import BuiltKernel
+from kmatrix.config.kinds import KindParser
+from kmatrix.config.specs import KernelSpec
+from kmatrix.errors import ArtifactError
+
+DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    image: Path  # the kernel image as the kind provides it (bzImage / vmlinuz)
+    config_path: Path | None = None  # the kernel's .config, when the kind has one
+    modules_root: Path | None = None  # lib/modules or lib/modules/<release>
+    build: BuiltKernel | None = None  # for kernels built from source
+
+
+class SourceKind(KindParser, Protocol):
+    def locate(self, spec: KernelSpec, origin: str) -> KernelFiles:
+        """Makes the kernel's files exist (download, unpack, build) and says where they are;
+        ArtifactError (or BuildFailure) naming origin when it cannot."""
+        ...
+
+
+def one(paths: list[Path], what: str, origin: str) -> Path:
+    if len(paths) != 1:
+        names = ", ".join(p.name for p in paths) or "none"
+        raise ArtifactError(f"{origin}: expected one {what}, found {names}")
+    return paths[0]

@@ -1,0 +1,137 @@
+"""`build:` kernels: built from source with a patch series, a base config, fragments and make
+variables (kmatrix.build), cached by all of those inputs."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+
+import yaml
+
+from kmatrix.build.builder import build_kernel
+from kmatrix.build.patches import SeriesError, load_series
+from kmatrix.config.kinds import ParsedSource
+from kmatrix.config.specs import BuildSpec, KernelSpec
+from kmatrix.config.yamlnode import NodeReader
+from kmatrix.kernels.base import DEB_NAME_RE, KernelFiles
+
+CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")  # make targets a build may start from
+MAKE_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INLINE_OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+=\S.*|# CONFIG_[A-Za-z0-9_]+ is not set)$")
+TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst", ".deb")
+
+
+class SourceBuildKind:
+    name = "build"
+    exclusive = ("modules", "config")  # they come from the build
+
+    def parse(self, r: NodeReader, node: yaml.Node, key: str) -> ParsedSource:
+        spec = parse_build(r, node, key)
+        ident = spec.source if DEB_NAME_RE.match(spec.source) else ""
+        return ParsedSource(location=spec.source, identity=ident, build=spec)
+
+    def locate(self, spec: KernelSpec, origin: str) -> KernelFiles:
+        assert spec.build is not None
+        built = build_kernel(spec.build, origin)
+        return KernelFiles(built.image, built.config_path, built.modules_root, built)
+
+
+def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:
+    m = r.mapping(
+        node,
+        key,
+        ("source", "ref", "patches", "skip", "config", "fragments", "make_vars"),
+        ("source",),
+    )
+    snode = m["source"][1]
+    raw = r.string(snode, f"{key}.source")
+    if "/" in raw or raw.endswith(TARBALL_SUFFIXES):
+        src_path = r.file(snode, f"{key}.source")
+        source = str(src_path)
+    elif DEB_NAME_RE.match(raw):
+        src_path, source = None, raw
+    else:
+        raise r.err(
+            snode,
+            f"{key}.source",
+            f"{raw!r} is neither a path (directory, git checkout, tarball, .deb) "
+            "nor a Debian package name such as linux-source-6.1",
+        )
+    ref = None
+    if "ref" in m:
+        ref = r.string(m["ref"][1], f"{key}.ref")
+        if src_path is None or not (src_path / ".git").exists():
+            raise r.err(m["ref"][0], f"{key}.ref", "a ref needs a git checkout as the source")
+    patches = None
+    skip: tuple[str, ...] = ()
+    if "patches" in m:
+        pnode = m["patches"][1]
+        patches = r.file(pnode, f"{key}.patches")
+        try:
+            series = load_series(patches)
+        except SeriesError as e:
+            raise r.err(pnode, f"{key}.patches", str(e)) from None
+        if "skip" in m:
+            skip = r.strings(m["skip"][1], f"{key}.skip")
+            names = [p.name for p in series.patches]
+            for pat in skip:
+                if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                    raise r.err(
+                        m["skip"][1],
+                        f"{key}.skip",
+                        f"{pat!r} matches no patch of {patches} (patches: {', '.join(names)})",
+                    )
+    elif "skip" in m:
+        raise r.err(m["skip"][0], f"{key}.skip", "skip needs patches")
+    config = "tinyconfig"
+    if "config" in m:
+        cnode = m["config"][1]
+        c = r.string(cnode, f"{key}.config")
+        if c in CONFIG_TARGETS:
+            config = c
+        elif "/" in c or c.endswith(".config") or c.startswith("config-"):
+            config = str(r.file(cnode, f"{key}.config"))
+        else:
+            raise r.err(
+                cnode,
+                f"{key}.config",
+                f"{c!r} is neither one of {', '.join(CONFIG_TARGETS)} nor a config file path",
+            )
+    fragments: list[str] = []
+    if "fragments" in m:
+        fnodes = m["fragments"][1]
+        items = (
+            [fnodes] if isinstance(fnodes, yaml.ScalarNode) else r.seq(fnodes, f"{key}.fragments")
+        )
+        for i, fnode in enumerate(items):
+            fkey = f"{key}.fragments[{i}]"
+            f = r.string(fnode, fkey)
+            if f.startswith(("CONFIG_", "# CONFIG_")):
+                if not INLINE_OPTION_RE.match(f):
+                    raise r.err(fnode, fkey, f"{f!r} is not CONFIG_NAME=value")
+                fragments.append(f)
+            elif f.startswith("tree:"):
+                rel = f.removeprefix("tree:")
+                if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+                    raise r.err(fnode, fkey, f"{f!r}: tree: takes a path inside the source")
+                fragments.append(f)
+            else:
+                fragments.append(str(r.file(fnode, fkey)))
+    make_vars = r.props(m["make_vars"][1], f"{key}.make_vars") if "make_vars" in m else ()
+    for k, _ in make_vars:
+        if not MAKE_VAR_RE.match(k):
+            raise r.err(m["make_vars"][1], f"{key}.make_vars.{k}", "not a make variable name")
+        if k in ("O", "ARCH", "SRCARCH"):
+            raise r.err(
+                m["make_vars"][1], f"{key}.make_vars.{k}", "set by kmatrix (x86_64, out of tree)"
+            )
+    return BuildSpec(
+        source=source,
+        ref=ref,
+        patches=patches,
+        skip=skip,
+        config=config,
+        fragments=tuple(fragments),
+        make_vars=make_vars,
+    )

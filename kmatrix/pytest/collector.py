@@ -1,0 +1,304 @@
+"""Run results: one record per (cell, test), collected from pytest reports, written as JSON.
+
+Collection happens where reports arrive, which under xdist is the controller, so workers and
+controller never write the same file. Per-cell facts (boot record, kernel-log findings,
+artefact paths) are files the worker left in the cell's directory; they are read at the end.
+results.json is rewritten after every cell's last test, and written through a temporary
+name, so an interrupted run still leaves a whole, readable file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import platform
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmatrix import __version__
+from kmatrix.config.specs import Cell, Matrix
+from kmatrix.results.runs import SCHEMA, failure_message, write_json_atomic
+from kmatrix.vm.accel import qemu_version
+
+METRIC_PREFIX = "metric."
+
+
+@dataclass
+class TestRecord:
+    cell: str
+    test: str  # node id without the parameter part
+    nodeid: str
+    outcome: str  # passed | failed | error | skipped | xfailed | xpassed
+    duration: float = 0.0
+    message: str = ""
+    longrepr: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """The test's outcome from one phase report, or None if this phase adds nothing."""
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if xfail:
+            return "xpassed" if report.passed else "xfailed"
+        return str(report.outcome)
+    if report.failed:
+        return "error"
+    if report.skipped:
+        return "xfailed" if xfail else "skipped"
+    return None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class ResultsCollector:
+    """A pytest plugin object registered on the process that sees every report."""
+
+    def __init__(self, matrix: Matrix, reports: Path, args: list[str]) -> None:
+        self.matrix = matrix
+        self.reports = reports
+        self.records: dict[str, TestRecord] = {}
+        self.cells_by_id = {c.id: c for c in matrix.cells}
+        self.cells_seen: list[str] = []
+        self.started = _now()
+        self.t0 = dt.datetime.now(dt.UTC)
+        self.interrupted = False
+        self.exitstatus: int | None = None
+        self.run_id = str(uuid.uuid4())
+        self.args = args
+        # More facts for the "run" section (the plan: matrix digest, shard, planned cells).
+        self.meta_extra: dict[str, Any] = {}
+
+    # --- pytest hooks -----------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = {str(k): str(v) for k, v in report.user_properties}
+        cell_id = props.get("kmatrix.cell")
+        if cell_id is None:
+            # The plugin adds the properties only after the cell booted; a boot that raised
+            # (an infra error) leaves the cell to be read from the node id's parameter.
+            param = report.nodeid.partition("[")[2].removesuffix("]")
+            cell_id = param if param in self.cells_by_id else None
+        if cell_id is None:
+            return
+        outcome = outcome_of(report)
+        rec = self.records.get(report.nodeid)
+        if rec is None:
+            rec = TestRecord(
+                cell=cell_id, test=report.nodeid.split("[", 1)[0], nodeid=report.nodeid,
+                outcome="passed",
+            )  # fmt: skip
+            self.records[report.nodeid] = rec
+            if cell_id not in self.cells_seen:
+                self.cells_seen.append(cell_id)
+        rec.duration += report.duration
+        for k, v in props.items():
+            if k.startswith(METRIC_PREFIX):
+                with contextlib.suppress(ValueError):
+                    rec.metrics[k.removeprefix(METRIC_PREFIX)] = float(v)
+            else:
+                rec.properties[k] = v
+        if outcome is not None and (rec.outcome == "passed" or outcome == "error"):
+            # A teardown error after a pass still makes the test an error.
+            rec.outcome = outcome
+            if report.longrepr is not None:
+                rec.longrepr = report.longreprtext[-20000:]
+                crash = getattr(report.longrepr, "reprcrash", None)
+                if crash is not None:
+                    rec.message = str(crash.message)[:2000]
+                elif isinstance(report.longrepr, tuple):
+                    rec.message = str(report.longrepr[2])[:2000]
+                else:
+                    # A plain-text report (the plugin appends the console tail): its first
+                    # "E   " line is the assertion; its first line is only source context.
+                    rec.message = failure_message({"longrepr": rec.longrepr})[:2000]
+        if report.when == "teardown":
+            self.write()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        tr = terminalreporter
+        tr.section("kmatrix", sep="-")
+        reasons = sorted(
+            {
+                (
+                    r.properties.get("kmatrix.accelerator", ""),
+                    r.properties.get("kmatrix.accel_reason", ""),
+                )
+                for r in self.records.values()
+            }
+        )
+        for acc, why in reasons:
+            if acc:
+                tr.write_line(f"accelerator {acc}: {why}")
+        statuses = [self.cell_entry(c)["status"] for c in self.cells_seen]
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+        tr.write_line(f"{len(self.cells_seen)} cells ({counts}); reports in {self.reports}")
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.exitstatus = int(exitstatus)
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.interrupted = True
+        self.write()
+        self.write_reports(session.config)
+
+    def write_reports(self, config: pytest.Config) -> None:
+        """JUnit per cell, index.html, summary.md, kcidb.json (and compare.json against a
+        baseline), from the results.json just written; a failing writer never fails the run."""
+        from kmatrix.reports.writer import ReportOptions, write_reports
+
+        def opt(name: str) -> Any:
+            return config.getoption(name, None)
+
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        try:
+            baseline = opt("kmatrix_baseline") or []
+            known = opt("kmatrix_known_issues")
+            result = write_reports(
+                self.reports,
+                ReportOptions(
+                    baseline=[Path(b) for b in baseline],
+                    known_issues=Path(known) if known else None,
+                    kcidb_origin=opt("kmatrix_kcidb_origin") or "kmatrix",
+                    artifacts_url=opt("kmatrix_artifacts_url"),
+                ),
+            )
+        except Exception as e:
+            # Reports are derived data; results.json is already safe on disk.
+            if tr is not None:
+                tr.write_line(f"kmatrix: reports not written: {type(e).__name__}: {e}", red=True)
+            return
+        if tr is None:
+            return
+        names = ", ".join(p.name for p in result.written.values())
+        tr.write_line(f"kmatrix reports in {self.reports}: results.json, {names}")
+        for name, err in result.errors.items():
+            tr.write_line(f"kmatrix: {name} report failed: {err}", red=True)
+        c = result.comparison
+        if c is not None:
+            n = len(c.regressions)
+            tr.write_line(
+                f"kmatrix: against the baseline: {n} regression(s)"
+                + " (see compare.json)" * bool(n),
+                red=bool(n),
+                green=not n,
+            )
+
+    # --- output -----------------------------------------------------------------------------
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.reports / "cells" / cell.slug
+
+    def cell_entry(self, cell_id: str) -> dict[str, Any]:
+        cell = self.cells_by_id[cell_id]
+        d = self.cell_dir(cell)
+        boot = read_json(d / "boot.json") or {}
+        findings = read_json(d / "findings.json") or []
+        outcomes = [r.outcome for r in self.records.values() if r.cell == cell_id]
+        artifacts = {
+            name: str((d / fname).relative_to(self.reports))
+            for name, fname in (
+                ("console", "console.log"),
+                ("dmesg", "dmesg.log"),
+                ("qemu_log", "qemu.log"),
+                ("commands", "commands.log"),
+                ("screendump", "screendump.png"),  # the display, when a test saved it
+            )
+            if (d / fname).is_file()
+        }
+        return {
+            "id": cell_id,
+            "kernel": cell.kernel.name,
+            "kernel_release": boot.get("release", ""),
+            "cpu": cell.cpu.name,
+            "cpu_model": cell.cpu.model,
+            "device": cell.device.name,
+            "smp": cell.smp,
+            "memory_mib": cell.memory,
+            "boot": boot,
+            "findings": findings,
+            "artifacts": artifacts,
+            "status": cell_status(outcomes),
+            "counts": {o: outcomes.count(o) for o in sorted(set(outcomes))},
+        }
+
+    def document(self) -> dict[str, Any]:
+        finished = dt.datetime.now(dt.UTC)
+        accels = sorted(
+            {r.properties.get("kmatrix.accelerator", "") for r in self.records.values()} - {""}
+        )
+        return {
+            "schema": SCHEMA,
+            "run": {
+                "id": self.run_id,
+                "started": self.started,
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration": round((finished - self.t0).total_seconds(), 3),
+                "interrupted": self.interrupted,
+                "exitstatus": self.exitstatus,
+                "matrix": str(self.matrix.path),
+                "matrix_name": self.matrix.name,
+                "kmatrix": __version__,
+                "qemu": qemu_version(),
+                "accelerators": accels,
+                "host": platform.node(),
+                "host_kernel": platform.release(),
+                "python": platform.python_version(),
+                "args": self.args,
+                "argv": sys.argv,
+                **self.meta_extra,
+            },
+            "cells": [self.cell_entry(c) for c in self.cells_seen],
+            "results": [asdict(r) for r in self.records.values()],
+        }
+
+    def write(self) -> None:
+        doc = self.document()
+        try:
+            write_json_atomic(self.reports / "results.json", doc)
+        except OSError as e:
+            # Disk full or the like: keep the run (and pytest's own JUnit) going; say why once.
+            if not getattr(self, "write_error", None):
+                self.write_error = str(e)
+                sys.stderr.write(f"kmatrix: cannot write {self.reports / 'results.json'}: {e}\n")
+            return
+        # The per-cell JUnit follows results.json, so even a killed run leaves a valid one;
+        # a failure here is reported by the full report pass at the end of the session.
+        with contextlib.suppress(Exception):
+            from kmatrix.reports import junit as junit_cells
+            from kmatrix.results.runs import Run
+
+            junit_cells.write(Run(self.reports / "results.json", doc), self.reports)
+
+
+def cell_status(outcomes: list[str]) -> str:
+    """A cell's colour: fail beats error beats xpass beats pass/xfail; all skipped is skip."""
+    if not outcomes:
+        return "none"
+    for o, status in (("failed", "fail"), ("error", "error"), ("xpassed", "xpass")):
+        if o in outcomes:
+            return status
+    if all(o == "skipped" for o in outcomes):
+        return "skip"
+    return "pass"

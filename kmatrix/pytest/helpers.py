@@ -1,0 +1,19 @@
+"""Helpers for testcases, exported as kmatrix.require_config and friends."""
+
+from __future__ import annotations
+
+import pytest
+
+from kmatrix.kernels.artifact import KernelArtifact
+
+
+def require_config(kernel: KernelArtifact, *options: str) -> None:
+    """Skips, naming the option, when the kernel's config lacks any of options (=y or =m)."""
+    if not kernel.config_known:
+        pytest.skip(f"{kernel.name}: kernel config unknown, cannot tell whether {options} are set")
+    missing = [o for o in options if not kernel.has(o)]
+    if missing:
+        pytest.skip(
+            f"{kernel.name} ({kernel.release}) lacks "
+            + ", ".join(f"CONFIG_{o.removeprefix('CONFIG_')}" for o in missing)
+        )

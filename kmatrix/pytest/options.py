@@ -1,0 +1,89 @@
+"""The plugin's command-line options (one prefixed group) and the matrix it loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmatrix.pytest import progress
+
+SUITE_MARKERS = {
+    "boot": "boot smoke tests: userspace, release, CPUs, CPU flags, clean kernel log, poweroff",
+    "sched": "scheduler suite",
+    "memory": "memory-management suite",
+    "driver": "driver and device suite",
+}
+
+
+# --- options and configuration --------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("kmatrix", "kmatrix: kernels x CPU models x device profiles in QEMU")
+    g.addoption(
+        "--kmatrix-matrix", metavar="PATH", help="matrix file (default: matrix/default.yaml)"
+    )
+    g.addoption(
+        "--kmatrix-accel",
+        choices=("auto", "kvm", "tcg"),
+        help="override the matrix's accelerator (auto: KVM only after a probe boot works)",
+    )
+    g.addoption(
+        "--kmatrix-reports", metavar="DIR", default="reports", help="output directory (reports)"
+    )
+    g.addoption(
+        "--kmatrix-no-direct-boot",
+        action="store_true",
+        help="boot the bzImage as given instead of its extracted PVH vmlinux",
+    )
+    g.addoption(
+        "--kmatrix-retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="retry a boot that failed for host or QEMU reasons N times (kernel failures never)",
+    )
+    g.addoption(
+        "--kmatrix-shard",
+        metavar="I/N",
+        help="run only shard I of N (whole cells, deterministic; see --kmatrix-durations)",
+    )
+    g.addoption(
+        "--kmatrix-durations",
+        metavar="RESULTS_JSON",
+        help="an earlier results.json whose durations balance the shards and order the cells "
+        "handed to xdist workers (default for -n: the last results.json in the reports dir)",
+    )
+    progress.add_option(g)
+    g.addoption(
+        "--kmatrix-baseline",
+        metavar="DIR",
+        action="append",
+        help="an earlier run (reports dir or results.json) to compare with; repeatable",
+    )
+    g.addoption(
+        "--kmatrix-known-issues",
+        metavar="YAML",
+        help="known kernel-log signatures (default: known-issues.yaml beside the matrix)",
+    )
+    g.addoption(
+        "--kmatrix-kcidb-origin", metavar="NAME", help="origin of the KCIDB export (kmatrix)"
+    )
+    g.addoption(
+        "--kmatrix-artifacts-url",
+        metavar="URL",
+        help="where the reports directory is published (log URLs in the KCIDB export)",
+    )
+    parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
+
+
+def _matrix_path(config: pytest.Config) -> Path | None:
+    opt = config.getoption("kmatrix_matrix")
+    if opt:
+        return Path(opt)
+    ini = config.getini("kmatrix_matrix")
+    if ini:
+        return config.rootpath / str(ini)
+    default = config.rootpath / "matrix" / "default.yaml"
+    return default if default.is_file() else None

@@ -1,0 +1,85 @@
+"""What this run will do, as known on the process that sees every report.
+
+A single process learns its tests from collection; the xdist controller never collects, so it
+reads a worker's collection report (its node ids, after -k and sharding) instead. From that:
+how many tests each cell has (progress knows when a cell is done) and which cells this run,
+or this shard, is meant to cover (`kmatrix merge` tells a cell that never ran from one that
+was never planned). The plan's `meta` dict goes into results.json's "run" section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+
+from kmatrix.config.specs import Cell, Matrix
+
+
+def matrix_digest(matrix: Matrix) -> str:
+    """Identity of a matrix's cells, independent of where the checkout lives: two shards
+    merge only if this matches (the same cells with the same kernels, CPUs, devices, sizes)."""
+    rows = [
+        [
+            c.id, c.kernel.source, c.kernel.location if c.kernel.source == "deb" else "",
+            list(c.kernel.kernel_args), c.cpu.model, list(c.cpu.flags), c.device.name,
+            c.device.machine, c.memory, c.smp, list(c.kernel_args),
+        ]
+        for c in matrix.cells
+    ]  # fmt: skip
+    blob = json.dumps([matrix.name, rows], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class CellIds:
+    """Finds the cell in a node id: the cell id is the parametrization id, possibly joined
+    with other parameters' ids, so the longest matching cell id inside [...] wins."""
+
+    def __init__(self, cells: Iterable[Cell]) -> None:
+        self.ids = sorted((c.id for c in cells), key=len, reverse=True)
+
+    def of(self, nodeid: str) -> str | None:
+        params = nodeid[nodeid.find("[") :] if "[" in nodeid else ""
+        return next((cid for cid in self.ids if cid in params), None)
+
+
+class RunPlan:
+    """Registered on the controller (or the only process) by the plugin."""
+
+    def __init__(self, matrix: Matrix, shard: str | None) -> None:
+        self.matrix = matrix
+        self.cell_ids = CellIds(matrix.cells)
+        self.tests: dict[str, int] = {}  # cell id -> number of selected tests, in run order
+        self.known = False
+        self.meta: dict[str, Any] = {
+            "matrix_digest": matrix_digest(matrix),
+            "matrix_cells": [c.id for c in matrix.cells],
+            "shard": shard,
+            "planned_cells": {},  # cell id -> selected tests
+        }
+
+    def set_nodeids(self, nodeids: Sequence[str]) -> None:
+        tests: dict[str, int] = {}
+        for n in nodeids:
+            cid = self.cell_ids.of(n)
+            if cid is not None:
+                tests[cid] = tests.get(cid, 0) + 1
+        self.tests = tests
+        self.known = True
+        self.meta["planned_cells"] = dict(tests)
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not hasattr(session.config, "workerinput"):
+            self.set_nodeids([it.nodeid for it in session.items])
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
+        # Every worker collects the same items; the first report is the plan.
+        if not self.known:
+            self.set_nodeids(list(ids))

@@ -1,0 +1,185 @@
+"""The pytest plugin: one test per (cell, testcase), one boot per cell.
+
+Tests that take the `cell` fixture (directly or through `guest`, `booted`, `qmp`, `kernel`)
+are parametrized over the matrix's cells, with the cell id as the parameter id, so
+`-k Haswell` or `-k "6.12 and boot"` select what users expect. Items are ordered cell by
+cell; a cell boots when its first test sets up and powers off after its last one. Under
+xdist, a scheduler keeps every test of a cell on one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from pathlib import Path
+
+import pytest
+
+from kmatrix import __version__
+from kmatrix.errors import (
+    InfraError,
+    KmatrixError,
+    MatrixError,
+)
+from kmatrix.guest.lifecycle import CellPool
+from kmatrix.kernels import load_matrix
+from kmatrix.pytest import progress
+
+# The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
+# live in the modules of their concern are re-exported here.
+from kmatrix.pytest.collection import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_generate_tests,
+)
+from kmatrix.pytest.collector import ResultsCollector
+from kmatrix.pytest.fixtures import booted, guest, kernel, kmatrix_run_info, qmp  # noqa: F401
+from kmatrix.pytest.options import SUITE_MARKERS, _matrix_path, pytest_addoption  # noqa: F401
+from kmatrix.pytest.outcomes import (  # noqa: F401
+    _EXPECT_RAISES,
+    BuildFailed,
+    NoBootFailed,
+    pytest_exception_interact,
+    pytest_pyfunc_call,
+    pytest_runtest_makereport,
+)
+from kmatrix.pytest.plan import RunPlan
+from kmatrix.pytest.scheduler import pytest_xdist_make_scheduler  # noqa: F401
+from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY, SHARD_EMPTY_KEY, cell_of, guest_of, pool_of
+from kmatrix.vm.accel import qemu_version
+from kmatrix.vm.machine import kill_all
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in SUITE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    config.addinivalue_line("markers", "kmatrix_final: run last within its cell (e.g. poweroff)")
+    config.addinivalue_line(
+        "markers",
+        "kmatrix_clean: run on a just-booted guest (the cell's post-boot snapshot restored, "
+        "else a reboot)",
+    )
+    path = _matrix_path(config)
+    try:
+        matrix = load_matrix(path) if path is not None else None
+    except MatrixError as e:
+        raise pytest.UsageError(f"kmatrix: {e}") from None
+    config.stash[MATRIX_KEY] = matrix
+    reports = Path(config.getoption("kmatrix_reports"))
+    if not reports.is_absolute():
+        reports = Path(config.invocation_params.dir) / reports
+    config.stash[POOL_KEY] = CellPool(
+        reports,
+        accel=config.getoption("kmatrix_accel"),
+        direct_boot=not config.getoption("kmatrix_no_direct_boot"),
+        retries=config.getoption("kmatrix_retries"),
+    )
+    # A cell's tests share one VM, so xdist must hand out whole cells (see the scheduler below).
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "") in (
+        "load",
+        "no",
+    ):
+        config.option.dist = "loadscope"
+    if not hasattr(config, "workerinput"):
+        _install_signal_handlers()
+        if matrix is not None:
+            collector = ResultsCollector(matrix, reports, list(config.invocation_params.args))
+            config.pluginmanager.register(collector, "kmatrix-results")
+            # The plan (tests per cell, from collection or xdist's collection report) feeds
+            # the live progress and results.json's shard facts for `kmatrix merge`.
+            plan = RunPlan(matrix, config.getoption("kmatrix_shard"))
+            config.pluginmanager.register(plan, "kmatrix-plan")
+            collector.meta_extra = plan.meta
+            progress.register(config, plan)
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown and reports still run."""
+
+    def on_term(signum: int, frame: object) -> None:
+        kill_all()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    m = config.stash.get(MATRIX_KEY, None)
+    if m is None:
+        return ["kmatrix: no matrix"]
+    return [f"kmatrix {__version__}: matrix {m.path} ({len(m.cells)} cells), QEMU {qemu_version()}"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    cell = cell_of(item)
+    if cell is None:
+        return
+    pool = pool_of(item.config)
+    g = guest_of(item.config, cell)
+    item.user_properties += [
+        ("kmatrix.cell", cell.id),
+        ("kmatrix.kernel", cell.kernel.name),
+        ("kmatrix.kernel_release", g.kernel.release if g.kernel else ""),
+        ("kmatrix.cpu_model", cell.cpu.model),
+        ("kmatrix.device_profile", cell.device.name),
+        ("kmatrix.qemu_version", qemu_version()),
+        ("kmatrix.accelerator", g.record.accel),
+        ("kmatrix.accel_reason", g.record.accel_reason),
+        ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
+    ]
+    if cell.id in pool.deaths and not pool.recover(cell):
+        raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
+    if item.get_closest_marker("kmatrix_clean") and cell.id not in pool.failures:
+        how = pool.clean(cell, item.nodeid) if cell.id in pool.dirty else "fresh boot"
+        item.user_properties.append(("kmatrix.clean_guest", how))
+    if cell.id in pool.recovered:
+        # This test runs on the post-boot snapshot restored after an earlier test's VM died.
+        item.user_properties.append(("kmatrix.restored_after", pool.recovered[cell.id]))
+    pool.dirty.add(cell.id)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    cell = cell_of(item)
+    if cell is None:
+        return
+    pool = pool_of(item.config)
+    g = pool.guests.get(cell.id)
+    if (
+        g is not None
+        and cell.id not in pool.failures
+        and not g.alive
+        and g.record.poweroff_clean is None
+        and cell.id not in pool.deaths
+    ):
+        code = g.machine.exitcode if g.machine else None
+        pool.deaths[cell.id] = f"it ended during {item.nodeid} (QEMU exit code {code})"
+    recorder_error = g.recorder.error if g is not None and g.recorder is not None else None
+    nxt = cell_of(nextitem) if nextitem is not None else None
+    if nxt is None or nxt.id != cell.id:
+        pool.stop(cell.id)
+    if recorder_error:
+        # e.g. the disk filled up: the console log is incomplete from here on.
+        raise InfraError(f"{cell.id}: {recorder_error}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if (
+        session.config.stash.get(SHARD_EMPTY_KEY, None)
+        and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED
+    ):
+        # More shards than cells: a shard left with no cell did its part; not a CI failure.
+        session.exitstatus = pytest.ExitCode.OK
+    pool = session.config.stash.get(POOL_KEY, None)
+    if pool is not None:
+        pool.stop_all()
+    kill_all()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    kill_all()
+
+
+# --- fixtures ---------------------------------------------------------------------------------

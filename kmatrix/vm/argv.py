@@ -1,0 +1,149 @@
+"""The QEMU command line of a cell: a pure function, checked against reference files.
+
+Nothing here reads the disk or the environment, so the same inputs always give the same
+argv and tests/data/argv/*.txt pin it down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kmatrix.config.specs import Cell
+from kmatrix.vm.devices import lower, memory_arg, numa_args, props, scratch_disk_args
+
+AGENT_PORT_NAME = "org.kmatrix.agent"
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class BootPaths:
+    kernel: Path
+    initrd: Path
+    console_log: Path
+    qmp_socket: Path
+    agent_socket: Path
+    console_socket: Path | None = None  # None: QEMU writes console_log itself (shell mode)
+    scratch_disk: Path | None = None  # the host file behind the profile's scratch disk
+
+
+def kernel_cmdline(cell: Cell, channel: str, shell: bool = False) -> str:
+    args = [
+        "console=ttyS0",
+        # quiet keeps TCG from spending seconds on emulated UART writes; the whole ring
+        # buffer is still read over the agent (dmesg), and panics reach the console anyway.
+        "quiet",
+        "panic=-1",  # with -no-reboot, a panic ends QEMU at once instead of hanging
+        # On a loaded host an emulated guest can miss the 8254 timer check and panic
+        # ("IO-APIC + timer doesn't work!"); the check proves nothing about the kernel.
+        "no_timer_check",
+        "rdinit=/init",
+        f"kmatrix.channel={channel}",
+    ]
+    if shell:
+        args.append("kmatrix.shell=1")
+    # The matrix's, the kernel's and the profile's, then what the profile's devices need.
+    extra = lower(cell.device).kernel_args[len(cell.device.kernel_args) :]
+    args.extend(cell.kernel_args)
+    args.extend(extra)
+    return " ".join(args)
+
+
+def build_argv(
+    cell: Cell,
+    paths: BootPaths,
+    accel: str,
+    channel: str,
+    shell: bool = False,
+    qemu: str = QEMU_BINARY,
+    sandbox: bool = True,
+) -> list[str]:
+    """argv for one boot of the cell. accel is 'kvm' or 'tcg'; channel 'virtio' or 'serial'."""
+    if accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be kvm or tcg, got {accel!r}")
+    if channel not in ("virtio", "serial"):
+        raise ValueError(f"channel must be virtio or serial, got {channel!r}")
+    dev = cell.device
+    layout = lower(dev)
+    argv = [
+        qemu,
+        "-name",
+        f"kmatrix:{cell.id},debug-threads=on",
+        "-machine",
+        dev.machine + props(layout.machine_props),
+        "-accel",
+        # One host thread for all vCPUs under TCG: multi-threaded TCG lets vCPUs see
+        # half-patched kernel text (int3 oopses in static-key patching during boot were
+        # seen here), and it was also faster on these loaded 2-core hosts.
+        "tcg,thread=single" if accel == "tcg" else accel,
+        "-cpu",
+        cell.cpu.model,
+        "-smp",
+        str(cell.smp),
+        "-m",
+        memory_arg(cell),
+        *numa_args(cell),
+        # No default NIC, VGA, floppy or CD-ROM: nothing the profile did not ask for.
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    if sandbox:
+        # seccomp: QEMU may not exec, change privileges or use obsolete syscalls.
+        argv += [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]
+    argv += [
+        "-kernel",
+        str(paths.kernel),
+        "-initrd",
+        str(paths.initrd),
+        "-append",
+        kernel_cmdline(cell, channel, shell),
+    ]
+    if shell:
+        # The developer's terminal is the console; QEMU still logs every byte to the file.
+        argv += [
+            "-chardev",
+            f"stdio,id=con,mux=on,signal=off,logfile={paths.console_log}",
+        ]
+    elif paths.console_socket is not None:
+        # The harness drains the console through this socket into a size-capped log.
+        argv += ["-chardev", f"socket,id=con,path={paths.console_socket},server=on,wait=off"]
+    else:
+        argv += ["-chardev", f"file,id=con,path={paths.console_log}"]
+    argv += [
+        "-serial",
+        "chardev:con",
+        "-chardev",
+        f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
+        "-chardev",
+        f"socket,id=agent,path={paths.agent_socket},server=on,wait=off",
+    ]
+    if channel == "virtio":
+        argv += [
+            "-device",
+            "virtio-serial-pci,id=kmx-vser",
+            "-device",
+            f"virtserialport,bus=kmx-vser.0,chardev=agent,name={AGENT_PORT_NAME}",
+        ]
+    else:
+        argv += ["-serial", "chardev:agent"]  # ttyS1, never the printk console
+    for g in layout.globals:
+        argv += ["-global", g]
+    for o in layout.objects:
+        argv += ["-object", f"{o.qom_type},id={o.id}{props(o.props)}"]
+    for d in layout.devices:
+        ident = f",id={d.id}" if d.id else ""
+        argv += ["-device", f"{d.driver}{ident}{props(d.props)}"]
+    disk = dev.scratch_disk
+    if disk is not None:
+        if paths.scratch_disk is None:
+            raise ValueError(f"profile {dev.name} has a scratch disk but no file was given for it")
+        argv += scratch_disk_args(disk, paths.scratch_disk)
+    return argv

@@ -1,0 +1,223 @@
+"""One QEMU process: launch paused, connect QMP, start, and always shut down.
+
+Launch follows QEMU's own python machine class and labgrid: start with -S so an early exit
+(bad option, missing file) is caught before the guest runs, then `cont`. Shutdown goes QMP
+quit -> SIGTERM -> SIGKILL, each with a deadline; QEMU runs in its own process group with
+PR_SET_PDEATHSIG so it dies with the harness even if the harness is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from kmatrix.errors import GuestTimeout, VMError
+from kmatrix.host.cache import host_boot_id, remembered
+from kmatrix.vm.qmp import QMP
+
+_live: weakref.WeakSet[Machine] = weakref.WeakSet()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def kill_all() -> None:
+    """Kills every QEMU this process started; for atexit and signal handlers."""
+    for m in list(_live):
+        m.kill()
+
+
+atexit.register(kill_all)
+
+
+def private_rundir(prefix: str = "kmx-") -> Path:
+    """A 0700 directory for sockets; short, because unix socket paths are capped at 108."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+_TCG_MISSING = re.compile(r"TCG doesn't support requested feature: CPUID\.\w+:\w+\.([\w-]+)")
+
+
+@lru_cache(maxsize=4)
+def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
+    """Whether this QEMU was built with seccomp (-sandbox) and the host allows it; asked once
+    per binary and host boot (the probe QEMU cost ~30 ms on every run's first boot)."""
+    path = shutil.which(qemu)
+    if path is None:
+        return False
+
+    def ask() -> str:
+        p = subprocess.run(
+            [path, "-sandbox", "on", "-M", "none", "-display", "none", "-nodefaults",
+             "-no-user-config", "-S", "-qmp", "stdio"],
+            input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        return "yes" if p.returncode == 0 else "no"
+
+    try:
+        return remembered("qemu-sandbox", Path(path), ask, extra=host_boot_id()) == "yes"
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # not remembered: a loaded host may answer next time
+
+
+class Machine:
+    def __init__(self, argv: Sequence[str], rundir: Path, qemu_log: Path, name: str) -> None:
+        self.argv = list(argv)
+        self.rundir = rundir
+        self.qemu_log = qemu_log
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QMP | None = None
+        self.started_at: float | None = None
+        self.exitcode: int | None = None
+        self.shutdown_steps: list[str] = []
+
+    # --- launch -----------------------------------------------------------------------------
+
+    def launch(
+        self,
+        timeout: float = 20.0,
+        interactive: bool = False,
+        before_cont: Callable[[], None] | None = None,
+    ) -> None:
+        """Starts QEMU paused, connects QMP, runs before_cont (e.g. attach the console
+        recorder, so no byte is lost), then lets the guest run."""
+        self.qemu_log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*self.argv, "-S"]
+        with self.qemu_log.open("wb") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=None if interactive else subprocess.DEVNULL,
+                    stdout=None if interactive else log,
+                    stderr=log,
+                    start_new_session=not interactive,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as e:
+                raise VMError(f"{self.name}: cannot start {argv[0]}: {e}", argv) from None
+        _live.add(self)
+        qmp_path = self._qmp_socket()
+        deadline = time.monotonic() + timeout
+        while not qmp_path.exists():
+            if self.proc.poll() is not None:
+                self._raise_exited("QEMU exited during start-up")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise VMError(f"{self.name}: QEMU made no QMP socket within {timeout:g}s", argv)
+            time.sleep(0.01)
+        self.qmp = QMP(f"kmatrix-{self.name}")
+        try:
+            self.qmp.connect(qmp_path, max(1.0, deadline - time.monotonic()))
+            if before_cont is not None:
+                before_cont()
+            self.qmp.cmd("cont", timeout=10.0)
+        except (VMError, GuestTimeout, OSError) as e:
+            # QEMU may be on its way out (a bad option is reported after the QMP socket
+            # exists): give it a moment, so its own message is what the user sees.
+            if self.wait_exit(2.0) is not None:
+                self._raise_exited(f"QEMU exited during start-up ({e})")
+            self.kill()
+            raise VMError(f"{self.name}: {e}", argv, None, self.output()) from None
+        self.started_at = time.monotonic()
+
+    def _qmp_socket(self) -> Path:
+        for a in self.argv:
+            m = re.match(r"socket,id=qmp,path=([^,]+)", a)
+            if m:
+                return Path(m.group(1))
+        raise VMError(f"{self.name}: argv has no QMP socket", self.argv)
+
+    def _raise_exited(self, what: str) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        self.exitcode = code
+        _live.discard(self)
+        raise VMError(f"{self.name}: {what}", self.argv, code, self.output())
+
+    # --- state ------------------------------------------------------------------------------
+
+    def output(self) -> str:
+        try:
+            return self.qemu_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tcg_missing_features(self) -> list[str]:
+        """CPU flags the accelerator could not give this model, as QEMU warned about them."""
+        return sorted(set(_TCG_MISSING.findall(self.output())))
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            self.exitcode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.exitcode
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.qmp.poll_events() if self.qmp is not None else []
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 5.0) -> int | None:
+        """QMP quit, then SIGTERM, then SIGKILL; records which step ended it."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None and self.qmp is not None:
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit", timeout=timeout)
+            if self.wait_exit(timeout) is not None:
+                self.shutdown_steps.append("qmp-quit")
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            if self.wait_exit(timeout) is not None:
+                self.shutdown_steps.append("sigterm")
+        if self.proc.poll() is None:
+            self.kill()
+            self.shutdown_steps.append("sigkill")
+        self.exitcode = self.proc.poll()
+        self._close()
+        return self.exitcode
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.exitcode = self.proc.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
+        _live.discard(self)
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        shutil.rmtree(self.rundir, ignore_errors=True)
