@@ -1,1 +1,1 @@
-"""build"""
+"""Kernels built from source: sources, patch series, and the cached builder."""

@@ -1,1 +1,1 @@
-"""cli"""
+"""The kmatrix command: list, run, shell, setup, build, patches, report, compare, merge."""
