@@ -30,10 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from kmatrix.host.cache import cache_root, digest_bytes, digest_file, locked
-from kmatrix.errors import BuildFailure as BuildFailure  # defined there: see errors.py
-from kmatrix.errors import InfraError, KmatrixError
-from kmatrix.config.specs import BuildSpec
 from kmatrix.build.patches import (
     CONFLICT,
     HunkResult,
@@ -43,6 +39,10 @@ from kmatrix.build.patches import (
     load_series,
 )
 from kmatrix.build.sources import KernelSource, cached_source, resolve_source
+from kmatrix.config.specs import BuildSpec
+from kmatrix.errors import BuildFailure as BuildFailure  # defined there: see errors.py
+from kmatrix.errors import InfraError
+from kmatrix.host.cache import cache_root, digest_bytes, digest_file, locked
 
 # Bump when the build procedure changes in a way that changes its output.
 BUILDER_VERSION = "kmatrix-build/1"

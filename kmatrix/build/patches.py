@@ -27,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kmatrix.host.cache import digest_bytes
 from kmatrix.errors import InfraError, InputError
+from kmatrix.host.cache import digest_bytes
 
 PATCH_TIMEOUT = 120.0
 

@@ -22,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmatrix.host.cache import cache_root, digest_bytes, ensure_dir, stamped_digest
 from kmatrix.errors import ArtifactError
+from kmatrix.host.cache import cache_root, digest_bytes, ensure_dir, stamped_digest
 from kmatrix.host.debian import fetch_deb
 from kmatrix.host.tools import run_tool
 

@@ -1,1 +1,2 @@
-"""Host facilities every stage uses: the content-addressed cache, host tools and packages, Debian packages as artefacts."""
+"""Host facilities every stage uses: the content-addressed cache, host tools and packages,
+Debian packages as artefacts."""

@@ -1,1 +1,2 @@
-"""Results as data: results.json runs, kernel-log findings, known issues, comparisons, merging and sharding."""
+"""Results as data: results.json runs, kernel-log findings, known issues, comparisons, merging
+and sharding."""
