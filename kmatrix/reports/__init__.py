@@ -1,0 +1,1 @@
+"""Reports written from results.json alone: JUnit per cell, HTML, Markdown, KCIDB."""
