@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kmatrix.reports.html import display_status
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
-from kmatrix.reports.html import display_status
 from kmatrix.results.runs import Run, failure_message, layout, short_name
 
 FILENAME = "summary.md"

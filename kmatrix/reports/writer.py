@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kmatrix.errors import KmatrixError
+from kmatrix.reports import html as report_html
 from kmatrix.reports import junit as junit_cells
 from kmatrix.reports import kcidb
-from kmatrix.reports import html as report_html
 from kmatrix.reports import markdown as report_md
 from kmatrix.results.compare import Comparison, compare_runs
-from kmatrix.errors import KmatrixError
 from kmatrix.results.known_issues import KnownIssues, default_known_issues, load_known_issues
 from kmatrix.results.runs import Run, load_run, load_runs, write_json_atomic
 
