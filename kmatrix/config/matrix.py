@@ -33,13 +33,28 @@ from kmatrix.errors import MatrixError
 
 ACCELS = ("auto", "kvm", "tcg")
 EXPECT_OUTCOMES = ("pass", "no-boot", "build-fail", "fail")
+# The keys each mapping of a matrix file accepts, and those it requires (docs/matrix.md
+# documents exactly these; tests/test_docs.py checks it).
+MATRIX_KEYS = (
+    "name", "description", "defaults", "kernels", "cpus", "devices", "include", "exclude",
+    "expect",
+)  # fmt: skip
+MATRIX_REQUIRED = ("kernels", "cpus", "devices")
+DEFAULTS_KEYS = ("memory", "smp", "boot_timeout", "test_timeout", "accel", "kernel_args")
+# A kernel entry: these plus exactly one source kind's key (deb, image, tree, build, ...).
 KERNEL_KEYS = ("name", "modules", "config", "release", "kernel_args")
+KERNEL_REQUIRED = ("name",)
+CPU_KEYS = ("name", "model", "flags", "absent", "smp")
+CPU_REQUIRED = ("name",)
+RULE_KEYS = ("kernel", "cpu", "device")  # include/exclude rules
+EXPECT_KEYS = ("kernel", "cpu", "device", "test", "outcome", "reason")
+EXPECT_REQUIRED = ("outcome",)
 
 
 def _kernel(
     r: NodeReader, node: yaml.Node, key: str, kinds: Mapping[str, KindParser]
 ) -> KernelSpec:
-    m = r.mapping(node, key, (*KERNEL_KEYS[:1], *kinds, *KERNEL_KEYS[1:]), ("name",))
+    m = r.mapping(node, key, (*KERNEL_KEYS[:1], *kinds, *KERNEL_KEYS[1:]), KERNEL_REQUIRED)
     name = r.string(m["name"][1], f"{key}.name", NAME_RE)
     sources = [s for s in kinds if s in m]
     if len(sources) != 1:
@@ -73,7 +88,7 @@ def _cpu(r: NodeReader, node: yaml.Node, key: str) -> CpuSpec:
     if isinstance(node, yaml.ScalarNode):
         name = r.string(node, key, NAME_RE)
         return CpuSpec(name=name, model=name)
-    m = r.mapping(node, key, ("name", "model", "flags", "absent", "smp"), ("name",))
+    m = r.mapping(node, key, CPU_KEYS, CPU_REQUIRED)
     name = r.string(m["name"][1], f"{key}.name", NAME_RE)
     model = r.string(m["model"][1], f"{key}.model") if "model" in m else name
     flags = r.strings(m["flags"][1], f"{key}.flags") if "flags" in m else ()
@@ -86,7 +101,7 @@ def _cpu(r: NodeReader, node: yaml.Node, key: str) -> CpuSpec:
 
 
 def _rule(r: NodeReader, node: yaml.Node, key: str, names: dict[str, set[str]]) -> Rule:
-    m = r.mapping(node, key, ("kernel", "cpu", "device"))
+    m = r.mapping(node, key, RULE_KEYS)
     if not m:
         raise r.err(node, key, "a rule needs at least one of kernel, cpu, device")
     vals: dict[str, str] = {}
@@ -102,7 +117,7 @@ def _rule(r: NodeReader, node: yaml.Node, key: str, names: dict[str, set[str]]) 
 def _expectation(
     r: NodeReader, node: yaml.Node, key: str, names: dict[str, set[str]], built: set[str]
 ) -> Expectation:
-    m = r.mapping(node, key, ("kernel", "cpu", "device", "test", "outcome", "reason"), ("outcome",))
+    m = r.mapping(node, key, EXPECT_KEYS, EXPECT_REQUIRED)
     outcome = r.choice(m["outcome"][1], f"{key}.outcome", EXPECT_OUTCOMES)
     globs: dict[str, str] = {}
     for axis in ("kernel", "cpu", "device"):
@@ -131,11 +146,7 @@ def _expectation(
 def _defaults(r: NodeReader, node: yaml.Node | None) -> Defaults:
     if node is None:
         return Defaults()
-    m = r.mapping(
-        node,
-        "defaults",
-        ("memory", "smp", "boot_timeout", "test_timeout", "accel", "kernel_args"),
-    )
+    m = r.mapping(node, "defaults", DEFAULTS_KEYS)
     d = Defaults()
     get: dict[str, Callable[[yaml.Node, str], Any]] = {
         "memory": lambda n, k: int(r.number(n, k, 64, 1 << 20, True)),
@@ -154,22 +165,7 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
     path = Path(path).resolve()
     r = NodeReader(path)
     root = compose_file(path)
-    m = r.mapping(
-        root,
-        "",
-        (
-            "name",
-            "description",
-            "defaults",
-            "kernels",
-            "cpus",
-            "devices",
-            "include",
-            "exclude",
-            "expect",
-        ),
-        ("kernels", "cpus", "devices"),
-    )
+    m = r.mapping(root, "", MATRIX_KEYS, MATRIX_REQUIRED)
     name = r.string(m["name"][1], "name", NAME_RE) if "name" in m else path.stem
     defaults = _defaults(r, m["defaults"][1] if "defaults" in m else None)
 

@@ -39,6 +39,27 @@ MAX_MMIO64 = 256 << 30
 # Default 64-bit window: QEMU's own default, or the next power of two the stubs need.
 MIN_MMIO64 = 32 << 30
 
+# The keys each mapping of a device profile accepts, and those it requires (docs/matrix.md
+# documents exactly these; tests/test_docs.py checks it).
+PROFILE_KEYS = (
+    "name", "description", "machine", "machine_props", "devices", "objects", "globals",
+    "kernel_args", "modules", "expect_pci", "memory", "scratch_disk", "hotplug",
+    "memory_hotplug", "iommu", "mmio64", "numa_nodes", "gpu_stubs", "host_devices",
+)  # fmt: skip
+PROFILE_REQUIRED = ("name",)
+QEMU_DEVICE_KEYS = ("driver", "id", "props")
+QEMU_DEVICE_REQUIRED = ("driver",)
+QEMU_OBJECT_KEYS = ("type", "id", "props")
+QEMU_OBJECT_REQUIRED = ("type", "id")
+PCI_EXPECT_KEYS = ("vendor", "device", "driver")
+PCI_EXPECT_REQUIRED = ("vendor", "device")
+SCRATCH_DISK_KEYS = ("id", "size", "driver", "props")
+SCRATCH_DISK_REQUIRED = ("size",)
+MEMORY_HOTPLUG_KEYS = ("slots", "maxmem")
+MEMORY_HOTPLUG_REQUIRED = ("slots", "maxmem")
+GPU_STUBS_KEYS = ("count", "bar", "vfio")
+HOST_DEVICE_KEYS = ("host",)
+HOST_DEVICE_REQUIRED = ("host",)
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
 
@@ -56,38 +77,13 @@ def _hex4(r: NodeReader, node: yaml.Node, key: str) -> str:
 def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
     key = where
     pre = f"{where}." if where else ""
-    m = r.mapping(
-        node,
-        key,
-        (
-            "name",
-            "description",
-            "machine",
-            "machine_props",
-            "devices",
-            "objects",
-            "globals",
-            "kernel_args",
-            "modules",
-            "expect_pci",
-            "memory",
-            "scratch_disk",
-            "hotplug",
-            "memory_hotplug",
-            "iommu",
-            "mmio64",
-            "numa_nodes",
-            "gpu_stubs",
-            "host_devices",
-        ),
-        ("name",),
-    )
+    m = r.mapping(node, key, PROFILE_KEYS, PROFILE_REQUIRED)
     name = r.string(m["name"][1], f"{pre}name", NAME_RE)
     devices: list[QemuDevice] = []
     ids: dict[str, int] = {}
     for i, dnode in enumerate(r.seq(m["devices"][1], f"{pre}devices") if "devices" in m else []):
         dkey = f"{pre}devices[{i}]"
-        dm = r.mapping(dnode, dkey, ("driver", "id", "props"), ("driver",))
+        dm = r.mapping(dnode, dkey, QEMU_DEVICE_KEYS, QEMU_DEVICE_REQUIRED)
         did = r.string(dm["id"][1], f"{dkey}.id", NAME_RE) if "id" in dm else None
         if did is not None:
             unique(r, ids, did, dm["id"][1], f"{dkey}.id")
@@ -101,7 +97,7 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
     objects: list[QemuObject] = []
     for i, onode in enumerate(r.seq(m["objects"][1], f"{pre}objects") if "objects" in m else []):
         okey = f"{pre}objects[{i}]"
-        om = r.mapping(onode, okey, ("type", "id", "props"), ("type", "id"))
+        om = r.mapping(onode, okey, QEMU_OBJECT_KEYS, QEMU_OBJECT_REQUIRED)
         oid = r.string(om["id"][1], f"{okey}.id", NAME_RE)
         unique(r, ids, oid, om["id"][1], f"{okey}.id")
         objects.append(
@@ -116,7 +112,7 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         r.seq(m["expect_pci"][1], f"{pre}expect_pci") if "expect_pci" in m else []
     ):
         ekey = f"{pre}expect_pci[{i}]"
-        em = r.mapping(enode, ekey, ("vendor", "device", "driver"), ("vendor", "device"))
+        em = r.mapping(enode, ekey, PCI_EXPECT_KEYS, PCI_EXPECT_REQUIRED)
         expect.append(
             PciExpect(
                 vendor=_hex4(r, em["vendor"][1], f"{ekey}.vendor"),
@@ -184,7 +180,7 @@ def _pcie_topology(
     vfio_wanted = False
     if stubs_node is not None:
         skey = f"{pre}gpu_stubs"
-        sm = r.mapping(stubs_node, skey, ("count", "bar", "vfio"))
+        sm = r.mapping(stubs_node, skey, GPU_STUBS_KEYS)
         count = (
             int(r.number(sm["count"][1], f"{skey}.count", 1, MAX_GPU_STUBS, True))
             if "count" in sm
@@ -215,7 +211,7 @@ def _pcie_topology(
         hkey = f"{pre}host_devices"
         for i, hnode in enumerate(r.seq(hosts_node, hkey, nonempty=True)):
             ikey = f"{hkey}[{i}]"
-            hm = r.mapping(hnode, ikey, ("host",), ("host",))
+            hm = r.mapping(hnode, ikey, HOST_DEVICE_KEYS, HOST_DEVICE_REQUIRED)
             hnode_value = hm["host"][1]
             # The text as written: YAML 1.1 would read an unquoted 01:00.0 as a base-60 number.
             raw = hnode_value.value if isinstance(hnode_value, yaml.ScalarNode) else None
@@ -280,7 +276,7 @@ def _pcie_topology(
 
 
 def _scratch_disk(r: NodeReader, node: yaml.Node, key: str, ids: dict[str, int]) -> ScratchDisk:
-    m = r.mapping(node, key, ("id", "size", "driver", "props"), ("size",))
+    m = r.mapping(node, key, SCRATCH_DISK_KEYS, SCRATCH_DISK_REQUIRED)
     did = r.string(m["id"][1], f"{key}.id", NAME_RE) if "id" in m else "scratch0"
     unique(r, ids, did, m["id"][1] if "id" in m else node, f"{key}.id")
     return ScratchDisk(
@@ -310,7 +306,7 @@ def _hotplug(
 
 
 def _memory_hotplug(r: NodeReader, node: yaml.Node, key: str) -> MemoryHotplug:
-    m = r.mapping(node, key, ("slots", "maxmem"), ("slots", "maxmem"))
+    m = r.mapping(node, key, MEMORY_HOTPLUG_KEYS, MEMORY_HOTPLUG_REQUIRED)
     mnode = m["maxmem"][1]
     return MemoryHotplug(
         # x86 QEMU takes at most 256 DIMM slots.

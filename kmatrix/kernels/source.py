@@ -19,6 +19,9 @@ from kmatrix.kernels.base import DEB_NAME_RE, KernelFiles
 CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")  # make targets a build may start from
 MAKE_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INLINE_OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+=\S.*|# CONFIG_[A-Za-z0-9_]+ is not set)$")
+# The keys of a kernel's `build:` mapping, and those it requires (documented in docs/matrix.md).
+BUILD_KEYS = ("source", "ref", "patches", "skip", "config", "fragments", "make_vars")
+BUILD_REQUIRED = ("source",)
 TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst", ".deb")
 
 
@@ -38,12 +41,7 @@ class SourceBuildKind:
 
 
 def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:
-    m = r.mapping(
-        node,
-        key,
-        ("source", "ref", "patches", "skip", "config", "fragments", "make_vars"),
-        ("source",),
-    )
+    m = r.mapping(node, key, BUILD_KEYS, BUILD_REQUIRED)
     snode = m["source"][1]
     raw = r.string(snode, f"{key}.source")
     if "/" in raw or raw.endswith(TARBALL_SUFFIXES):

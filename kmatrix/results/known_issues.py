@@ -32,7 +32,10 @@ from kmatrix.config.yamlnode import NodeReader, compose_file
 from kmatrix.results.runs import failure_text, is_failing
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
-_KEYS = ("id", "title", "kernels", "cells", "tests", "url", "comment")
+# The keys of a known-issues file and of each issue (documented in docs/matrix.md).
+FILE_KEYS = ("issues",)
+ISSUE_KEYS = ("id", "title", "kernels", "cells", "tests", "url", "comment")
+ISSUE_REQUIRED = ("id", "title")
 
 
 @dataclass(frozen=True)
@@ -109,12 +112,12 @@ def load_known_issues(path: Path | None) -> KnownIssues:
     path = Path(path)
     ctx = NodeReader(path)
     root = compose_file(path)
-    top = ctx.mapping(root, "", ("issues",), ("issues",))
+    top = ctx.mapping(root, "", FILE_KEYS, FILE_KEYS)
     issues: list[KnownIssue] = []
     seen: dict[str, int] = {}
     for i, node in enumerate(ctx.seq(top["issues"][1], "issues")):
         key = f"issues[{i}]"
-        m = ctx.mapping(node, key, _KEYS, ("id", "title"))
+        m = ctx.mapping(node, key, ISSUE_KEYS, ISSUE_REQUIRED)
         ident = ctx.string(m["id"][1], f"{key}.id", ID_RE)
         if ident in seen:
             raise ctx.err(m["id"][1], f"{key}.id", f"duplicate id (first on line {seen[ident]})")
