@@ -82,7 +82,7 @@ def github() -> dict[str, Any]:
 
 
 def step(job: dict[str, Any], pred: Any) -> dict[str, Any]:
-    found = [s for s in job["steps"] if pred(s)]
+    found: list[dict[str, Any]] = [s for s in job["steps"] if pred(s)]
     assert len(found) == 1, [s.get("name") or s.get("uses") for s in job["steps"]]
     return found[0]
 

@@ -11,7 +11,7 @@ import pytest
 from synthetic import cell_id, make_run, warn_finding
 
 from kmatrix.cli.main import main
-from kmatrix.results.compare import compare_runs, mann_whitney_p
+from kmatrix.results.compare import Comparison, compare_runs, mann_whitney_p
 from kmatrix.results.known_issues import load_known_issues
 from kmatrix.results.runs import load_run, load_runs
 
@@ -73,8 +73,8 @@ def runs_with_boot(tmp: Path, name: str, values: list[float]) -> list[Path]:
     return [make_run(tmp / f"{name}{i}", boot={A: v}) for i, v in enumerate(values)]
 
 
-def metric_verdict(c: object, cell: str, name: str) -> str:
-    return next(m.verdict for m in c.metrics if m.cell == cell and m.name == name)  # type: ignore[attr-defined]
+def metric_verdict(c: Comparison, cell: str, name: str) -> str:
+    return next(m.verdict for m in c.metrics if m.cell == cell and m.name == name)
 
 
 def test_one_run_each_never_regresses_even_on_a_big_change(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_new_failing_test_is_a_regression(tmp_path: Path) -> None:
     base = make_run(tmp_path / "base", outcomes={(A, "test_online_cpus"): "absent"})
     new = make_run(tmp_path / "new", outcomes={(A, "test_online_cpus"): "failed"})
     c = compare_runs([load_run(base)], [load_run(new)])
-    assert [(t.cell, t.verdict) for t in c.regressions] == [(A, "new")]  # type: ignore[union-attr]
+    assert [(t.cell, t.verdict) for t in c.regressions] == [(A, "new")]
 
 
 # --- known issues --------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_known_issue_turns_a_new_failure_into_known(tmp_path: Path) -> None:
         (C, "test_kernel_log_clean"): ("new_failure", ""),
         (B, "test_online_cpus"): ("new_failure", ""),
     }
-    assert {(t.cell, t.name) for t in c.regressions} == {  # type: ignore[union-attr]
+    assert {(t.cell, t.name) for t in c.regressions} == {
         (C, "test_kernel_log_clean"),
         (B, "test_online_cpus"),
     }

@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.vm.hostpci import (
-    HostDeviceCheck,
-    check_host_device,
-    check_host_devices,
-    parse_address,
-)
+from kmatrix.config.pciaddr import parse_address
+from kmatrix.vm.hostpci import HostDeviceCheck, check_host_device, check_host_devices
 
 GPU = "0000:01:00.0"
 AUDIO = "0000:01:00.1"  # the GPU's HDMI audio function, usually in the same group

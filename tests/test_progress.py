@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Generator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from _pytest._io import TerminalWriter
@@ -79,7 +79,17 @@ def progress(mode: str, selected: list[str]) -> tuple[Progress, FakeReporter, li
     return p, tr, now
 
 
-def rep(nodeid: str, when: str, outcome: str = "passed", boot: str = "2.50") -> pytest.TestReport:
+Phase = Literal["setup", "call", "teardown"]
+Outcome = Literal["passed", "failed", "skipped"]
+PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
+
+
+def rep(
+    nodeid: str,
+    when: Phase,
+    outcome: Outcome = "passed",
+    boot: str = "2.50",
+) -> pytest.TestReport:
     props = [("kmatrix.cell", "x"), ("kmatrix.boot_seconds", boot)] if when == "setup" else []
     return pytest.TestReport(
         nodeid,
@@ -88,7 +98,7 @@ def rep(nodeid: str, when: str, outcome: str = "passed", boot: str = "2.50") -> 
         outcome,
         None,
         when,
-        user_properties=props,  # type: ignore[arg-type]
+        user_properties=props,
     )
 
 
@@ -110,8 +120,8 @@ def run_cell(p: Progress, tr: FakeReporter, now: list[float], cell: str, fail: s
         n = node(t, cell)
         wrap(p.pytest_runtest_logstart(n))
         now[0] += 3.0 if i == 0 else 0.5
-        for when in ("setup", "call", "teardown"):
-            outcome = "failed" if (t == fail and when == "call") else "passed"
+        for when in PHASES:
+            outcome: Outcome = "failed" if (t == fail and when == "call") else "passed"
             letter = "F" if outcome == "failed" else "."
             write = (lambda n=n, x=letter: tr.dot(n, x)) if when == "call" else None
             wrap(p.pytest_runtest_logreport(rep(n, when, outcome)), write)
@@ -197,7 +207,7 @@ def test_tty_status_line_is_erased_around_pytest_writes() -> None:
     now[0] += 7.0
     p.show()  # the ticker's redraw
     assert render(tr.buf.getvalue(), 100)[-1].endswith("booting 7s")
-    for when in ("setup", "call", "teardown"):
+    for when in PHASES:
         wrap(p.pytest_runtest_logreport(rep(n, when)), call_dot(tr, n, when))
     screen = render(tr.buf.getvalue(), 100)
     # Now the status sits under pytest's line "testcases/test_boot.py ." and names the test.
@@ -207,7 +217,7 @@ def test_tty_status_line_is_erased_around_pytest_writes() -> None:
     ], screen
     n2 = selected[1]
     wrap(p.pytest_runtest_logstart(n2))
-    for when in ("setup", "call", "teardown"):
+    for when in PHASES:
         wrap(p.pytest_runtest_logreport(rep(n2, when)), call_dot(tr, n2, when))
     p.pytest_sessionfinish()
     screen = render(tr.buf.getvalue(), 100)

@@ -79,7 +79,8 @@ def test_every_report_is_written(runs: tuple[Path, Path]) -> None:
     assert failed == EXPECTED_NEW_FAILURES
     props = {p.get("name"): p.get("value") for p in next(root.iter("testsuite")).iter("property")}
     assert props["kmatrix.kernel_release"] == "6.1.0-57-cloud-amd64"
-    assert float(props["kmatrix.boot_seconds"]) > 0
+    boot_seconds = props["kmatrix.boot_seconds"]
+    assert boot_seconds is not None and float(boot_seconds) > 0
     kcidb_io.schema.V5_3.validate(json.loads((broken / "kcidb.json").read_text()))
     summary = (broken / "summary.md").read_text()
     assert "**REGRESSION: 2 regression(s)**" in summary

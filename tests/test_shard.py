@@ -10,6 +10,10 @@ import pytest
 
 from conftest import DATA
 from kmatrix.errors import InputError
+from kmatrix.guest.lifecycle import CellPool
+from kmatrix.kernels import load_matrix
+from kmatrix.pytest.scheduler import pytest_xdist_make_scheduler
+from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY
 from kmatrix.results.shard import (
     assign,
     durations_by_test,
@@ -93,9 +97,6 @@ class _Node:
 
 def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> list[str]:
     """Which cell each of two xdist workers gets first from kmatrix's scheduler."""
-    from kmatrix.kernels import load_matrix
-    from kmatrix.pytest import plugin
-
     matrix = load_matrix(DATA / "matrices" / "two.yaml")
     reports = tmp_path / "reports"
     reports.mkdir(exist_ok=True)
@@ -108,9 +109,9 @@ def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> lis
         getoption=opts.__getitem__,
         getvalue=opts.__getitem__,
     )
-    config.stash[plugin.MATRIX_KEY] = matrix
-    config.stash[plugin.POOL_KEY] = plugin.CellPool(reports, None, True)
-    sched = plugin.pytest_xdist_make_scheduler(config, None)  # type: ignore[arg-type]
+    config.stash[MATRIX_KEY] = matrix
+    config.stash[POOL_KEY] = CellPool(reports, None, True)
+    sched = pytest_xdist_make_scheduler(config, None)  # type: ignore[arg-type]
     ids = [c.id for c in matrix.cells]
     collection = [f"testcases/test_boot.py::test_{t}[{c}]" for c in ids for t in ("a", "b")]
     nodes = [_Node("gw0"), _Node("gw1")]
@@ -122,8 +123,6 @@ def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> lis
 
 
 def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
-    from kmatrix.kernels import load_matrix
-
     first, second = (c.id for c in load_matrix(DATA / "matrices" / "two.yaml").cells)
     assert _first_cells(tmp_path, None) == [first, second]  # no record: collection order
     # The last run's results.json in the reports directory says the second cell is longer.
