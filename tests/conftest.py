@@ -60,19 +60,23 @@ def wait_for(what: str, cond: Callable[[], object], timeout: float) -> None:
 
 
 class JunitCase(NamedTuple):
-    outcome: str  # passed | failure | error | skipped
+    outcome: str  # passed | failure | error | skipped | xfailed
     message: str  # the failure/error/skip element's message attribute and text
     properties: dict[str, str]
 
 
 def junit_cases(junit: Path) -> dict[str, JunitCase]:
-    """{test[cell]: JunitCase} of a pytest JUnit file (a name twice keeps the last)."""
+    """{test[cell]: JunitCase} of a pytest JUnit file (a name twice keeps the last). The one
+    JUnit reader of the project's tests; an xfail (pytest writes it as a skip of type
+    pytest.xfail) is "xfailed", an XPASS(strict) a "failure"."""
     out = {}
     for tc in ET.parse(junit).getroot().iter("testcase"):
         outcome, message = "passed", ""
         for child in tc:
             if child.tag in ("failure", "error", "skipped"):
                 outcome, message = child.tag, (child.get("message") or "") + (child.text or "")
+                if child.tag == "skipped" and child.get("type") == "pytest.xfail":
+                    outcome = "xfailed"
         props = {p.get("name", ""): p.get("value", "") for p in tc.iter("property")}
         out[str(tc.get("name"))] = JunitCase(outcome, message, props)
     return out

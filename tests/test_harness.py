@@ -18,6 +18,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
  <testcase classname="t" name="test_bad[c1]"><failure message="boom">trace</failure></testcase>
  <testcase classname="t" name="test_err[c1]"><error message="infra">why</error></testcase>
  <testcase classname="t" name="test_skip[c1]"><skipped message="no CONFIG_X"/></testcase>
+ <testcase classname="t" name="test_xf[c1]"><skipped type="pytest.xfail" message="x"/></testcase>
 </testsuite></testsuites>
 """
 
@@ -31,6 +32,7 @@ def test_junit_cases_sees_every_outcome(tmp_path: Path) -> None:
         "test_bad[c1]": "failure",
         "test_err[c1]": "error",
         "test_skip[c1]": "skipped",
+        "test_xf[c1]": "xfailed",
     }
     assert cases["test_bad[c1]"].message == "boomtrace"
     assert cases["test_ok[c1]"].properties == {"metric.x": "1.5"}

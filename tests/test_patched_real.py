@@ -12,12 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, junit_cases
 from kmatrix.build.builder import cached_build
 from kmatrix.build.sources import cached_source
 from kmatrix.cli.patches import check_command
@@ -99,14 +98,8 @@ def test_patched_matrix_boots_and_passes(built: None, tmp_path: Path) -> None:
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     cells: dict[str, dict[str, str]] = {}
-    for tc in ET.parse(junit).getroot().iter("testcase"):
-        name = str(tc.get("name"))
-        kind = next((c.tag for c in tc if c.tag in ("failure", "error", "skipped")), "passed")
-        skip = next((c for c in tc if c.tag == "skipped"), None)
-        msg = "" if skip is None else f"{skip.get('type', '')} {skip.get('message', '')}"
-        if kind == "skipped" and "xfail" in msg.lower():  # pytest writes type="pytest.xfail"
-            kind = "xfailed"
-        cells.setdefault(name.split("[", 1)[1].rstrip("]"), {})[name.split("[")[0]] = kind
+    for name, case in junit_cases(junit).items():
+        cells.setdefault(name.split("[", 1)[1].rstrip("]"), {})[name.split("[")[0]] = case.outcome
     log = p.stdout[-6000:] + p.stderr[-2000:]
     assert set(cells) == {
         f"{k}/{c}/virtio"
