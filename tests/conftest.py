@@ -56,6 +56,65 @@ def wait_for(what: str, cond: Callable[[], object], timeout: float) -> None:
         time.sleep(0.2)
 
 
+# --- the boot marker ----------------------------------------------------------------------------
+# A test that starts QEMU carries `boot`, so `-m "not boot"` (./kmx test --quick) runs the unit
+# tests alone. Users of booted61 are marked here; others say @pytest.mark.boot or pytestmark.
+# Every other test runs with a qemu-system-x86_64 first in PATH that notes a boot (-kernel or
+# -incoming; --version and other probes pass through silently) and then runs the real QEMU,
+# so a test that boots without the marker fails, naming itself, instead of slowing --quick.
+
+BOOT_FIXTURES = {"booted61"}
+QEMU = "qemu-system-x86_64"
+_BOOT_LOG = "KMX_TEST_UNMARKED_BOOTS"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BOOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.boot)
+
+
+@pytest.fixture(scope="session")
+def _noting_qemu(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A directory whose qemu-system-x86_64 notes boots, then runs the real one."""
+    real = shutil.which(QEMU)
+    if real is None:
+        return None
+    d = tmp_path_factory.mktemp("noting-qemu")
+    stub = d / QEMU
+    stub.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -kernel|-incoming)\n'
+        f'  echo "$$: $*" >> "${{{_BOOT_LOG}:-/dev/null}}"; break;; esac; done\n'
+        f'exec {real} "$@"\n'
+    )
+    stub.chmod(0o755)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _boots_only_when_marked(
+    request: pytest.FixtureRequest,
+    _noting_qemu: Path | None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    if _noting_qemu is None or request.node.get_closest_marker("boot") is not None:
+        yield
+        return
+    log = tmp_path_factory.mktemp("boots") / "boots.log"
+    monkeypatch.setenv("PATH", f"{_noting_qemu}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv(_BOOT_LOG, str(log))
+    yield
+    if log.exists():
+        first = log.read_text().splitlines()[0]
+        pytest.fail(
+            f"{request.node.nodeid} started QEMU but is not marked boot (add @pytest.mark.boot, "
+            f"or use a fixture in BOOT_FIXTURES): {first[:300]}",
+            pytrace=False,
+        )
+
+
 # --- child pytest runs with the kmatrix plugin --------------------------------------------------
 
 

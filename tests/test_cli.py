@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pexpect
+import pytest
 
 from conftest import DATA, ROOT
 
@@ -44,6 +45,7 @@ def test_setup_check_reports_state() -> None:
     assert "all host packages present" in p.stdout
 
 
+@pytest.mark.boot
 def test_shell_gives_an_interactive_guest(tmp_path: Path) -> None:
     child = pexpect.spawn(
         sys.executable,

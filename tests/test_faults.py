@@ -50,6 +50,7 @@ def consoles(cell_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(cell_dir.glob("console*.log")))
 
 
+@pytest.mark.boot
 def test_sigkilled_qemu_errors_and_keeps_the_console(tmp_path: Path, private_tmp: Path) -> None:
     """No kmatrix_clean test selected, so no snapshot: the tests after the death error."""
     run = run_case(tmp_path, "sigkill or test_b_after", private_tmp)
@@ -67,6 +68,7 @@ def test_sigkilled_qemu_errors_and_keeps_the_console(tmp_path: Path, private_tmp
     assert {r["outcome"] for r in run.results()["results"]} == {"error"}
 
 
+@pytest.mark.boot
 def test_vm_death_with_a_snapshot_restores_it_for_the_rest(
     tmp_path: Path, private_tmp: Path
 ) -> None:
@@ -96,6 +98,7 @@ def test_vm_death_with_a_snapshot_restores_it_for_the_rest(
     assert qemu_pids(str(private_tmp)) == []
 
 
+@pytest.mark.boot
 def test_panic_fails_with_title_and_trace(tmp_path: Path, private_tmp: Path) -> None:
     run = run_case(tmp_path, "panic and 6.12", private_tmp)
     kind, text, _ = run.cases()["test_a_panic[deb-6.12-cloud/Haswell/virtio]"]
@@ -108,6 +111,7 @@ def test_panic_fails_with_title_and_trace(tmp_path: Path, private_tmp: Path) -> 
     assert panic and "Call Trace" in panic[0]["excerpt"], findings
 
 
+@pytest.mark.boot
 def test_sigstopped_qemu_is_an_error_and_killed(tmp_path: Path, private_tmp: Path) -> None:
     t0 = time.monotonic()
     run = run_case(tmp_path, "sigstop and Nehalem", private_tmp)
@@ -118,6 +122,7 @@ def test_sigstopped_qemu_is_an_error_and_killed(tmp_path: Path, private_tmp: Pat
     assert time.monotonic() - t0 < 120
 
 
+@pytest.mark.boot
 def test_userspace_hang_times_out_within_deadline_plus_grace(
     tmp_path: Path, private_tmp: Path
 ) -> None:
@@ -128,6 +133,7 @@ def test_userspace_hang_times_out_within_deadline_plus_grace(
     assert "stopped answering while QEMU runs" in text
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_pytest_kills_every_qemu(tmp_path: Path, private_tmp: Path, sig: int) -> None:
     mine = str(private_tmp)
@@ -244,6 +250,7 @@ def test_console_write_failure_keeps_draining(tmp_path: Path) -> None:
     assert rec.total == 64 * 65536
 
 
+@pytest.mark.boot
 def test_console_flood_from_a_real_guest(cloud61: Cell, tmp_path: Path) -> None:
     g = Guest(cloud61, tmp_path / "cell", accel="tcg")
     g.start()
@@ -276,6 +283,7 @@ def test_private_run_directories() -> None:
         b.rmdir()
 
 
+@pytest.mark.boot
 def test_disk_full_is_an_error_and_junit_survives(tmp_path: Path, private_tmp: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
@@ -300,6 +308,7 @@ def test_disk_full_is_an_error_and_junit_survives(tmp_path: Path, private_tmp: P
         subprocess.run(["umount", "-l", str(reports)], check=False)
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("workers", ["1", "default"])
 def test_sigterm_to_kmatrix_run_stops_the_run(
     tmp_path: Path, private_tmp: Path, workers: str

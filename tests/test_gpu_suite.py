@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, JunitCase, run_kmatrix_pytest
 
+pytestmark = pytest.mark.boot  # every test here starts QEMU
+
 MATRIX = f"""
 name: gpu-suite
 defaults: {{memory: 512, smp: 2, boot_timeout: 90, test_timeout: 60, accel: tcg}}

@@ -72,6 +72,7 @@ def test_qmp(booted61: Guest) -> None:
     assert len(cpus) == booted61.cell.smp
 
 
+@pytest.mark.boot
 def test_poweroff_and_no_leftover(cloud61: Cell, tmp_path: Path) -> None:
     g = Guest(cloud61, tmp_path / "cell", accel="tcg")
     g.start()
@@ -85,6 +86,7 @@ def test_poweroff_and_no_leftover(cloud61: Cell, tmp_path: Path) -> None:
     assert (tmp_path / "cell" / "console.log").is_file()
 
 
+@pytest.mark.boot
 def test_kill_leaves_nothing(cloud61: Cell, tmp_path: Path) -> None:
     g = Guest(cloud61, tmp_path / "cell", accel="tcg")
     g.start()
@@ -95,6 +97,7 @@ def test_kill_leaves_nothing(cloud61: Cell, tmp_path: Path) -> None:
     assert pid not in qemu_pids()
 
 
+@pytest.mark.boot
 def test_unbootable_kernel_fails_with_console_tail(cloud61: Cell, tmp_path: Path) -> None:
     # No init in the initramfs and no root device: the kernel panics before userspace.
     cell = replace(cloud61, kernel_args=("rdinit=/nonexistent",), boot_timeout=60)
@@ -129,6 +132,7 @@ def test_declared_release_is_checked(cloud61: Cell, tmp_path: Path) -> None:
         g.prepare()
 
 
+@pytest.mark.boot
 def test_build_tree_and_image_sources_boot(cloud61: Cell, tmp_path: Path) -> None:
     """A kernel build tree (arch/x86/boot/bzImage + .config) and a bare image path with
     modules and config both resolve and boot; the release comes from the image header."""

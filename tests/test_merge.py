@@ -212,6 +212,7 @@ def outcomes(results: Path) -> dict[tuple[str, str], str]:
     return {(r["cell"], r["nodeid"]): r["outcome"] for r in doc["results"]}
 
 
+@pytest.mark.boot
 def test_three_shards_merge_to_the_unsharded_run(
     sharded: tuple[Path, list[Path], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +250,7 @@ def test_three_shards_merge_to_the_unsharded_run(
     assert sorted(c for m in metas for c in m["planned_cells"]) == sorted({c for c, _ in expected})
 
 
+@pytest.mark.boot
 def test_plain_progress_lines_in_a_shard_log_under_xdist(
     sharded: tuple[Path, list[Path], str],
 ) -> None:
@@ -263,6 +265,7 @@ def test_plain_progress_lines_in_a_shard_log_under_xdist(
     assert re.match(done, lines[2]), lines
 
 
+@pytest.mark.boot
 def test_live_progress_on_a_terminal_leaves_pytest_output_intact(
     sharded: tuple[Path, list[Path], str],
 ) -> None:

@@ -88,6 +88,7 @@ def test_second_build_compiles_nothing(built: None) -> None:
     assert "building" not in r.stderr
 
 
+@pytest.mark.boot
 def test_patched_matrix_boots_and_passes(built: None, tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     argv = [

@@ -22,6 +22,7 @@ def serial_run(tmp_path_factory: pytest.TempPathFactory) -> KmatrixRun:
     return run_pytest(tmp_path_factory.mktemp("n0"), "-n", "0")
 
 
+@pytest.mark.boot
 def test_boot_suite_passes_on_two_cells(serial_run: KmatrixRun) -> None:
     assert serial_run.proc.returncode == 0, serial_run.log
     results = serial_run.outcomes()
@@ -31,6 +32,7 @@ def test_boot_suite_passes_on_two_cells(serial_run: KmatrixRun) -> None:
     assert ids == {"deb-6.1-cloud/Nehalem/virtio]", "deb-6.12-cloud/Haswell/virtio]"}
 
 
+@pytest.mark.boot
 def test_each_cell_boots_once(serial_run: KmatrixRun) -> None:
     reports = serial_run.reports
     for slug in ("deb-6.1-cloud__Nehalem__virtio", "deb-6.12-cloud__Haswell__virtio"):
@@ -41,6 +43,7 @@ def test_each_cell_boots_once(serial_run: KmatrixRun) -> None:
         assert "Linux version" in (reports / "cells" / slug / "dmesg.log").read_text()
 
 
+@pytest.mark.boot
 def test_junit_properties(serial_run: KmatrixRun) -> None:
     props = next(iter(serial_run.cases().values())).properties
     for key in (
@@ -56,6 +59,7 @@ def test_junit_properties(serial_run: KmatrixRun) -> None:
     assert float(props["kmatrix.boot_seconds"] or 0) > 0
 
 
+@pytest.mark.boot
 def test_xdist_same_outcomes(serial_run: KmatrixRun, tmp_path: Path) -> None:
     run = run_pytest(tmp_path, "-n", "2")
     assert run.proc.returncode == 0, run.log
@@ -64,6 +68,7 @@ def test_xdist_same_outcomes(serial_run: KmatrixRun, tmp_path: Path) -> None:
         assert json.loads((cell_dir / "boot.json").read_text())["launches"] == 1
 
 
+@pytest.mark.boot
 def test_k_selects_cells(tmp_path: Path) -> None:
     p = run_pytest(tmp_path, "-k", "Nehalem and release", "--collect-only", "-q").proc
     assert p.returncode == 0, p.stdout
@@ -88,6 +93,7 @@ def test_malformed_matrix_is_one_error_and_no_vm(tmp_path: Path) -> None:
     assert "collected" not in p.stdout
 
 
+@pytest.mark.boot
 def test_unbootable_cell_fails_others_pass(tmp_path: Path) -> None:
     broken = two_with(tmp_path / "broken.yaml", kernel_args_61("rdinit=/nonexistent"))
     run = run_pytest(tmp_path, matrix=broken)
@@ -101,6 +107,7 @@ def test_unbootable_cell_fails_others_pass(tmp_path: Path) -> None:
     assert "Kernel panic - not syncing" in failure
 
 
+@pytest.mark.boot
 def test_qemu_start_failure_is_an_error_retried_and_recorded(tmp_path: Path) -> None:
     bad = two_with(
         tmp_path / "bad-device.yaml",

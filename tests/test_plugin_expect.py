@@ -35,6 +35,7 @@ def test_uses_kernel(kernel, cell):
     any(shutil.which(t) is None for t in ("make", "gcc", "flex", "bison", "bc", "perl", "patch")),
     reason="kernel build tools missing (kmatrix setup installs them)",
 )
+@pytest.mark.boot
 def test_build_failures_and_expectations(tmp_path: Path) -> None:
     src = fake_kernel(tmp_path / "linux")
     series = tmp_path / "series"

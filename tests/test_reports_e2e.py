@@ -17,6 +17,8 @@ from cdp import Browser, chromium_path
 from conftest import ROOT, kernel_args_61, run_kmatrix_pytest, two_with
 from kmatrix.cli.main import main
 
+pytestmark = pytest.mark.boot  # every test here starts QEMU
+
 BROKEN_CELL = "deb-6.1-cloud/Nehalem/virtio"
 GOOD_CELL = "deb-6.12-cloud/Haswell/virtio"
 # nr_cpus=1 leaves one of the cell's two vCPUs online: exactly these two tests notice.

@@ -201,6 +201,7 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.boot
 def test_restore_gives_the_just_booted_guest(cloud61: Cell, tmp_path: Path) -> None:
     g = Guest(cloud61, tmp_path / "cell", accel="tcg")
     g.start()
@@ -250,6 +251,7 @@ def test_restore_gives_the_just_booted_guest(cloud61: Cell, tmp_path: Path) -> N
     assert (tmp_path / "cell" / "dmesg-before-restore-1.log").is_file()
 
 
+@pytest.mark.boot
 def test_marked_test_gets_a_clean_guest(tmp_path: Path, private_tmp: Path, two: Matrix) -> None:
     reports = tmp_path / "reports"
     run = run_kmatrix_pytest(

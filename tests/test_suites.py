@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT, JunitCase, run_kmatrix_pytest
 
+pytestmark = pytest.mark.boot  # every test here starts QEMU
+
 SUITES = ["testcases/test_sched.py", "testcases/test_memory.py", "testcases/test_drivers.py"]
 BROKEN = ("test_every_vcpu_runs_a_task", "test_memtotal_matches_vm", "test_modules_unload_reload")
 
