@@ -18,6 +18,7 @@ from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages
 from kmatrix.kernels import load_matrix
 from kmatrix.resources import data_dir
+from kmatrix.vm.machine import kill_all
 
 
 def _default_matrix() -> Path:
@@ -104,6 +105,8 @@ def _call_forwarding_signals(argv: list[str]) -> int:
     def forward(signum: int, frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
+        # The guests go at once; pytest still unwinds and writes the interrupted run's results.
+        kill_all(descendants=True)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -97,7 +97,7 @@ def _install_signal_handlers() -> None:
     """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown and reports still run."""
 
     def on_term(signum: int, frame: object) -> None:
-        kill_all()
+        kill_all(descendants=True)  # the workers' QEMUs too, under xdist
         raise KeyboardInterrupt(f"signal {signum}")
 
     with contextlib.suppress(ValueError):  # not in the main thread

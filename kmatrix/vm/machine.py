@@ -37,10 +37,42 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def kill_all() -> None:
-    """Kills every QEMU this process started; for atexit and signal handlers."""
+def kill_all(descendants: bool = False) -> None:
+    """Kills every QEMU this process started; for atexit and signal handlers. With
+    descendants, also every QEMU further down this process's tree (those of xdist workers or a
+    pytest child), at once: CI sends its SIGTERM to the top process only, and a loaded worker
+    can take many seconds to unwind to its own cleanup."""
     for m in list(_live):
         m.kill()
+    if descendants:
+        for pid in descendant_qemus():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def descendant_qemus(root: int | None = None) -> list[int]:
+    """PIDs of the QEMU processes below root (default: this process) in the process tree."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    comm: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        pid, rest = int(entry), stat[stat.rindex(")") + 2 :].split()
+        comm[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        children.setdefault(int(rest[1]), []).append(pid)
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if comm[child].startswith("qemu-system"):
+                found.append(child)
+    return found
 
 
 atexit.register(kill_all)
