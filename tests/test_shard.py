@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import DATA
 from kmatrix.errors import InputError
-from kmatrix.guest.lifecycle import CellPool
-from kmatrix.kernels import load_matrix
-from kmatrix.pytest.scheduler import pytest_xdist_make_scheduler
-from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY
 from kmatrix.results.shard import (
     assign,
     durations_by_test,
@@ -80,55 +74,3 @@ def test_longest_first_by_recorded_test_durations(tmp_path: Path) -> None:
     units = {"a": ["t.py::y[a]"], "b": ["t.py::x[b]"], "c": ["t.py::x[c]", "t.py::new[c]"]}
     assert longest_first(units, durations) == ["b", "c", "a"]
     assert longest_first(units, {}) == ["c", "a", "b"]  # by test count, then given order
-
-
-class _Node:
-    def __init__(self, name: str) -> None:
-        self.gateway = SimpleNamespace(id=name)
-        self.shutting_down = False
-        self.sent: list[list[int]] = []
-
-    def send_runtest_some(self, indexes: list[int]) -> None:
-        self.sent.append(indexes)
-
-    def shutdown(self) -> None:
-        self.shutting_down = True
-
-
-def _first_cells(tmp_path: Path, results: list[dict[str, object]] | None) -> list[str]:
-    """Which cell each of two xdist workers gets first from kmatrix's scheduler."""
-    matrix = load_matrix(DATA / "matrices" / "two.yaml")
-    reports = tmp_path / "reports"
-    reports.mkdir(exist_ok=True)
-    if results is not None:
-        (reports / "results.json").write_text(json.dumps({"results": results}))
-    opts = {"dist": "loadscope", "kmatrix_durations": None, "tx": ["2*popen"]}
-    config = SimpleNamespace(
-        stash=pytest.Stash(),
-        option=SimpleNamespace(loadscopereorder=True),
-        getoption=opts.__getitem__,
-        getvalue=opts.__getitem__,
-    )
-    config.stash[MATRIX_KEY] = matrix
-    config.stash[POOL_KEY] = CellPool(reports, None, True)
-    sched = pytest_xdist_make_scheduler(config, None)  # type: ignore[arg-type]
-    ids = [c.id for c in matrix.cells]
-    collection = [f"testcases/test_boot.py::test_{t}[{c}]" for c in ids for t in ("a", "b")]
-    nodes = [_Node("gw0"), _Node("gw1")]
-    for n in nodes:
-        sched.add_node(n)
-        sched.add_node_collection(n, collection)
-    sched.schedule()
-    return [collection[n.sent[0][0]].split("[")[1].rstrip("]") for n in nodes]
-
-
-def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
-    first, second = (c.id for c in load_matrix(DATA / "matrices" / "two.yaml").cells)
-    assert _first_cells(tmp_path, None) == [first, second]  # no record: collection order
-    # The last run's results.json in the reports directory says the second cell is longer.
-    recorded = [
-        {"cell": c, "nodeid": f"testcases/test_boot.py::test_{t}[{c}]", "duration": d}
-        for c, d in ((first, 2.0), (second, 5.0))
-        for t in ("a", "b")
-    ]
-    assert _first_cells(tmp_path, recorded) == [second, first]
