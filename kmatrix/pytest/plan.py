@@ -9,29 +9,13 @@ was never planned). The plan's `meta` dict goes into results.json's "run" sectio
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 
+from kmatrix.config.matrix import matrix_digest
 from kmatrix.config.specs import Cell, Matrix
-
-
-def matrix_digest(matrix: Matrix) -> str:
-    """Identity of a matrix's cells, independent of where the checkout lives: two shards
-    merge only if this matches (the same cells with the same kernels, CPUs, devices, sizes)."""
-    rows = [
-        [
-            c.id, c.kernel.source, c.kernel.location if c.kernel.source == "deb" else "",
-            list(c.kernel.kernel_args), c.cpu.model, list(c.cpu.flags), c.device.name,
-            c.device.machine, c.memory, c.smp, list(c.kernel_args),
-        ]
-        for c in matrix.cells
-    ]  # fmt: skip
-    blob = json.dumps([matrix.name, rows], sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class CellIds:
