@@ -13,11 +13,12 @@ from kmatrix.config.specs import Matrix
 from kmatrix.kernels.base import SourceKind
 from kmatrix.kernels.deb import DebKind
 from kmatrix.kernels.image import ImageKind
+from kmatrix.kernels.pkg import PkgKind
 from kmatrix.kernels.source import SourceBuildKind
 from kmatrix.kernels.tree import TreeKind
 
 KINDS: dict[str, SourceKind] = {
-    k.name: k for k in (DebKind(), ImageKind(), TreeKind(), SourceBuildKind())
+    k.name: k for k in (DebKind(), ImageKind(), TreeKind(), SourceBuildKind(), PkgKind())
 }
 
 
