@@ -1,4 +1,4 @@
-"""The `kmatrix` command: list, run, shell, setup."""
+"""The `kmatrix` command: init, list, run, shell, setup, and the report tools."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from kmatrix import __version__
+from kmatrix.cli import init as init_cli
 from kmatrix.cli import merge
 from kmatrix.cli import report as report_cli
 from kmatrix.config.specs import Matrix
@@ -26,9 +27,12 @@ def _default_matrix() -> Path:
     return local if local.is_file() else data_dir("matrix") / "default.yaml"
 
 
-def _testcases_dir() -> Path:
+def testcase_dirs() -> list[Path]:
+    """./testcases when there is one, else kmatrix's built-in suites (`kmatrix run` adds
+    those with --kmatrix-builtin-suites: pytest finds the ini file of the repository from
+    the paths it is given, so site-packages is not one of them)."""
     local = Path.cwd() / "testcases"
-    return local if local.is_dir() else data_dir("testcases")
+    return [local] if local.is_dir() else [data_dir("testcases")]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -62,7 +66,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         sys.executable,
         "-m",
         "pytest",
-        str(_testcases_dir()),
+        *map(str, testcase_dirs()),
+        "--kmatrix-builtin-suites",
+        # Node ids relative to here, as a plain `pytest` here has them.
+        f"--rootdir={Path.cwd()}",
         "-p",
         "kmatrix",
         f"--kmatrix-matrix={args.matrix}",
@@ -151,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             help="matrix file (default: matrix/default.yaml)",
         )
 
+    sp = sub.add_parser(
+        "init",
+        help="write a starter matrix/ and testcases/ (files that exist are never overwritten)",
+    )
+    sp.add_argument("directory", nargs="?", default=".", help="where (default: here)")
     sp = sub.add_parser("list", help="list the cells of a matrix")
     with_matrix(sp)
     sp = sub.add_parser(
@@ -208,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         raw, extra = raw[:i], raw[i + 1 :]
     args = p.parse_args(raw)
     try:
+        if args.command == "init":
+            return init_cli.command(args.directory)
         if args.command == "list":
             return cmd_list(args)
         if args.command == "run":

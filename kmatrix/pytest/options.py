@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.pytest import progress
+from kmatrix.pytest import progress, suites
 
 SUITE_MARKERS = {
     "boot": "boot smoke tests: userspace, release, CPUs, CPU flags, clean kernel log, poweroff",
@@ -76,6 +76,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where the reports directory is published (log URLs in the KCIDB export)",
     )
     parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
+    suites.add_option(parser, g)
 
 
 def _matrix_path(config: pytest.Config) -> Path | None:
@@ -85,5 +86,10 @@ def _matrix_path(config: pytest.Config) -> Path | None:
     ini = config.getini("kmatrix_matrix")
     if ini:
         return config.rootpath / str(ini)
-    default = config.rootpath / "matrix" / "default.yaml"
-    return default if default.is_file() else None
+    # matrix/default.yaml in the rootdir, else where pytest was started (`pytest testcases`
+    # without an ini file makes testcases/ the rootdir).
+    for base in (config.rootpath, Path(config.invocation_params.dir)):
+        default = base / "matrix" / "default.yaml"
+        if default.is_file():
+            return default
+    return None

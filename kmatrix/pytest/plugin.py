@@ -23,7 +23,7 @@ from kmatrix.errors import (
 )
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
-from kmatrix.pytest import progress
+from kmatrix.pytest import progress, suites
 
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
 # live in the modules of their concern are re-exported here.
@@ -65,6 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except MatrixError as e:
         raise pytest.UsageError(f"kmatrix: {e}") from None
     config.stash[MATRIX_KEY] = matrix
+    if matrix is not None:
+        suites.add_builtin_suites(config)
     reports = Path(config.getoption("kmatrix_reports"))
     if not reports.is_absolute():
         reports = Path(config.invocation_params.dir) / reports
