@@ -51,6 +51,7 @@ from kmatrix.guest.guest import Guest  # noqa: E402
 from kmatrix.guest.session import GuestSession  # noqa: E402
 from kmatrix.kernels import load_matrix  # noqa: E402
 from kmatrix.kernels.artifact import KernelArtifact  # noqa: E402
+from kmatrix.results.runs import load_run  # noqa: E402
 from kmatrix.vm.argv import QEMU_BINARY, BootPaths, build_argv  # noqa: E402
 from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported  # noqa: E402
 
@@ -406,11 +407,10 @@ def run_pytest_cell(p: Prepared, work: Path) -> dict[str, float]:
 
 
 def suite_split(results: Path) -> dict[str, float]:
-    doc = json.loads(results.read_text())
     out: dict[str, float] = {}
-    for r in doc["results"]:
-        mod = r["nodeid"].split("::", 1)[0].rsplit("/", 1)[-1]
-        out[mod] = out.get(mod, 0.0) + float(r["duration"])
+    for r in load_run(results).results:
+        mod = r.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        out[mod] = out.get(mod, 0.0) + r.duration
     return out
 
 
@@ -431,13 +431,12 @@ def run_whole_cell(p: Prepared, work: Path) -> tuple[float, dict[str, float], di
     shutil.rmtree(reports, ignore_errors=True)
     argv = pytest_argv(MATRIX, reports, str(ROOT / "testcases"), "-q", "-k", p.cell.id)
     seen, out, rc = timed_process(argv, {})
-    doc = json.loads((reports / "results.json").read_text())
     counts: dict[str, int] = {}
-    for r in doc["results"]:
-        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-        if r["outcome"] in ("failed", "error"):
+    for r in load_run(reports).results:
+        counts[str(r.outcome)] = counts.get(str(r.outcome), 0) + 1
+        if r.outcome.failing:
             S.notes.setdefault("cell.failures", "")
-            S.notes["cell.failures"] += f"{r['nodeid']}: {r['message'][:200]}\n"
+            S.notes["cell.failures"] += f"{r.nodeid}: {r.message[:200]}\n"
     if rc not in (0, 1):
         raise RuntimeError(f"whole cell {p.cell.id}: exit {rc}\n{out[-3000:]}")
     return seen["exit"], suite_split(reports / "results.json"), counts
@@ -682,16 +681,12 @@ def section_xdist(work: Path, reps: int) -> None:
             if rc not in (0, 1):
                 raise RuntimeError(f"-n {n}: exit {rc}\n{out[-3000:]}")
             S.add(f"xdist.n{n}", seen["exit"])
-            doc = json.loads((reports / "results.json").read_text())
-            boots = [
-                c["boot"]["boot_seconds"]
-                for c in doc["cells"]
-                if c.get("boot", {}).get("boot_seconds")
-            ]
+            cells = load_run(reports).cells
+            boots = [c.boot.boot_seconds for c in cells if c.boot.boot_seconds]
             S.add(f"xdist.n{n}.boot_mean", statistics.mean(boots) if boots else None)
-            S.notes[f"xdist.n{n}.cells"] = str(len(doc["cells"]))
+            S.notes[f"xdist.n{n}.cells"] = str(len(cells))
             log(
-                f"xdist rep {i + 1} -n {n}: {seen['exit']:.1f}s ({len(doc['cells'])}"
+                f"xdist rep {i + 1} -n {n}: {seen['exit']:.1f}s ({len(cells)}"
                 f" cells, mean boot {statistics.mean(boots):.2f}s)"
             )
 

@@ -275,7 +275,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no such results file" in capsys.readouterr().err
     (tmp_path / "junk.json").write_text('{"schema": "other"}')
     assert main(["compare", str(base), str(tmp_path / "junk.json")]) == 2
-    assert "schema: expected 'kmatrix-results/1'" in capsys.readouterr().err
+    assert "schema: expected 'kmatrix-results/2'" in capsys.readouterr().err
 
 
 def test_cli_repeated_runs_and_run_directories(tmp_path: Path) -> None:

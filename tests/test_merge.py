@@ -36,16 +36,15 @@ def shard(
     planned: dict[str, int] | None = None, **kw: Any,
 ) -> Path:  # fmt: skip
     """A synthetic shard: make_run's results plus the facts the plugin records for merging."""
-    make_run(root, cells=cells, **kw)
-    doc = json.loads((root / "results.json").read_text())
-    doc["run"].update(
+    return make_run(
+        root,
+        cells=cells,
         shard=f"{index}/{total}",
         matrix_digest=digest,
         matrix_cells=ALL,
         planned_cells=planned if planned is not None else {cell_id(*c): 3 for c in cells},
+        **kw,
     )
-    (root / "results.json").write_text(json.dumps(doc))
-    return root
 
 
 def three_shards(tmp: Path) -> list[Path]:

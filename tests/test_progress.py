@@ -239,5 +239,4 @@ def test_plan_from_xdist_collection_report() -> None:
     plan.pytest_xdist_node_collection_finished(None, [node(t, B) for t in TESTS])
     plan.pytest_xdist_node_collection_finished(None, [])  # a second worker's: ignored
     assert plan.tests == {B: 2}
-    assert plan.meta["planned_cells"] == {B: 2} and plan.meta["shard"] == "2/3"
-    assert plan.meta["matrix_cells"] == [A, B]
+    assert plan.shard == "2/3" and plan.matrix_cells == [A, B]

@@ -9,7 +9,6 @@ test_merge.py (a shard under -n 2).
 from __future__ import annotations
 
 import inspect
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from synthetic import write_results
 
 from conftest import DATA
 from kmatrix.guest.lifecycle import CellPool
@@ -203,13 +203,13 @@ def test_expected_workers_from_tx_specs() -> None:
 # --- through the plugin's hook -----------------------------------------------------------------
 
 
-def hook_scheduler(tmp_path: Path, results: list[dict[str, object]] | None) -> CellScheduling:
+def hook_scheduler(tmp_path: Path, results: list[tuple[str, str, float]] | None) -> CellScheduling:
     """The scheduler the plugin's hook makes for two workers on the two-cell matrix, with
     `results` as the last run's results.json in the reports directory."""
     reports = tmp_path / "reports"
     reports.mkdir(exist_ok=True)
     if results is not None:
-        (reports / "results.json").write_text(json.dumps({"results": results}))
+        write_results(reports / "results.json", results)
     opts = {"dist": "loadscope", "kmatrix_durations": None, "tx": ["2*popen"]}
     config = SimpleNamespace(
         stash=pytest.Stash(),
@@ -239,7 +239,7 @@ def test_hook_keeps_each_cell_on_one_worker(tmp_path: Path) -> None:
 
 
 def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
-    def first_cells(results: list[dict[str, object]] | None) -> list[str]:
+    def first_cells(results: list[tuple[str, str, float]] | None) -> list[str]:
         collection = boot_tests("a", "b")
         nodes = [Node("gw0"), Node("gw1")]
         sched = hook_scheduler(tmp_path, results)
@@ -252,7 +252,7 @@ def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
     assert first_cells(None) == [FIRST, SECOND]  # no record: collection order
     # The last run's results.json in the reports directory says the second cell is longer.
     recorded = [
-        {"cell": c, "nodeid": f"testcases/test_boot.py::test_{t}[{c}]", "duration": d}
+        (c, f"testcases/test_boot.py::test_{t}[{c}]", d)
         for c, d in ((FIRST, 2.0), (SECOND, 5.0))
         for t in ("a", "b")
     ]

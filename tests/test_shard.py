@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from synthetic import write_results
 
 from kmatrix.errors import InputError
 from kmatrix.results.shard import (
@@ -48,10 +48,9 @@ def test_balanced_by_duration() -> None:
 
 
 def test_durations_from_results(tmp_path: Path) -> None:
-    p = tmp_path / "results.json"
-    rows = [{"cell": "a", "duration": 1.5}, {"cell": "a", "duration": 2.0}]
-    rows.append({"cell": "b", "duration": 3})
-    p.write_text(json.dumps({"results": rows}))
+    p = write_results(
+        tmp_path / "results.json", [("a", "t[a]", 1.5), ("a", "u[a]", 2.0), ("b", "t[b]", 3)]
+    )
     assert durations_from(p) == {"a": 3.5, "b": 3.0}
     with pytest.raises(InputError, match="cannot read durations"):
         durations_from(tmp_path / "missing.json")
@@ -59,14 +58,12 @@ def test_durations_from_results(tmp_path: Path) -> None:
 
 def test_longest_first_by_recorded_test_durations(tmp_path: Path) -> None:
     results = [
-        {"cell": "a", "nodeid": "t.py::x[a]", "duration": 3.0},
-        {"cell": "a", "nodeid": "t.py::y[a]", "duration": 1.0},
-        {"cell": "b", "nodeid": "t.py::x[b]", "duration": 6.0},
-        {"cell": "c", "nodeid": "t.py::x[c]", "duration": 2.0},
+        ("a", "t.py::x[a]", 3.0),
+        ("a", "t.py::y[a]", 1.0),
+        ("b", "t.py::x[b]", 6.0),
+        ("c", "t.py::x[c]", 2.0),
     ]
-    p = tmp_path / "results.json"
-    p.write_text(json.dumps({"results": results}))
-    durations = durations_by_test(p)
+    durations = durations_by_test(write_results(tmp_path / "results.json", results))
     assert durations == {"t.py::x[a]": 3.0, "t.py::y[a]": 1.0, "t.py::x[b]": 6.0, "t.py::x[c]": 2.0}
     units = {"a": ["t.py::x[a]", "t.py::y[a]"], "b": ["t.py::x[b]"], "c": ["t.py::x[c]"]}
     assert longest_first(units, durations) == ["b", "a", "c"]

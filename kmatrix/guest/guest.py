@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +26,7 @@ from kmatrix.errors import (
 from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for
 from kmatrix.guest.session import GuestSession
 from kmatrix.kernels.artifact import KernelArtifact, resolve
+from kmatrix.results.schema import BootRecord  # boot.json, typed where results.json reads it
 from kmatrix.vm import accel as accel_mod
 from kmatrix.vm import snapshot as snap
 from kmatrix.vm.argv import BootPaths, build_argv
@@ -66,30 +66,6 @@ def _process_state(pid: int) -> str:
 def _tail_note(console: Path) -> str:
     tail = console_tail(console)
     return f"; console tail:\n{tail}" if tail.strip() else " (the console is empty)"
-
-
-@dataclass
-class BootRecord:
-    accel: str = ""
-    accel_reason: str = ""
-    channel: str = ""
-    boot_seconds: float | None = None  # host wall time from `cont` to the agent's hello
-    userspace_uptime: float | None = None  # guest uptime when init reached userspace
-    launches: int = 0
-    poweroff_clean: bool | None = None
-    poweroff_seconds: float | None = None
-    shutdown_steps: list[str] = field(default_factory=list)
-    tcg_missing: list[str] = field(default_factory=list)
-    exitcode: int | None = None
-    attempts: list[str] = field(default_factory=list)  # infra failures that were retried
-    console_bytes: int = 0
-    console_dropped: int = 0
-    snapshot_seconds: float | None = None  # saving the just-booted state (guest paused)
-    snapshot_mib: float | None = None
-    snapshot_error: str = ""  # why no snapshot was taken, when one was wanted
-    restores: int = 0  # times the VM was replaced by one started from the snapshot
-    restore_seconds: list[float] = field(default_factory=list)  # old VM out -> new one answers
-    restore_reasons: list[str] = field(default_factory=list)
 
 
 class Guest:

@@ -4,7 +4,7 @@ or rebooted for clean guests, stopped after its last test. Knows nothing of pyte
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from kmatrix.config.specs import Cell
@@ -17,6 +17,7 @@ from kmatrix.errors import (
 from kmatrix.guest.guest import BootFailure, Guest
 from kmatrix.results.logparse import parse_kernel_log
 from kmatrix.results.runs import write_json_atomic
+from kmatrix.results.schema import FindingRecord
 
 
 class CellPool:
@@ -158,25 +159,26 @@ class CellPool:
 
     def record(self, g: Guest) -> None:
         """Leaves the cell's boot record and kernel-log findings beside its logs."""
-        boot = asdict(g.record)
+        boot = g.record
         if g.kernel is not None:
-            boot.update(
+            boot = replace(
+                boot,
                 release=g.kernel.release,
                 kernel_image=str(g.kernel.image),
                 boot_image=str(g.kernel.boot_image),
                 initrd=str(g.initrd),
             )
-        findings = []
+        findings: list[FindingRecord] = []
         # dmesg-*.log: kernel logs of guests a restore or a reboot replaced.
         logs = [p.name for pat in ("dmesg*.log", "console*.log") for p in g.outdir.glob(pat)]
         for name in sorted(logs, key=lambda n: (n != "dmesg.log", n)):
             path = g.outdir / name
             if path.is_file():
                 for f in parse_kernel_log(path.read_text(errors="replace")):
-                    findings.append({**asdict(f), "source": name})
+                    findings.append(FindingRecord(**asdict(f), source=name))
         with contextlib.suppress(OSError):
-            write_json_atomic(g.outdir / "boot.json", boot)
-            write_json_atomic(g.outdir / "findings.json", findings)
+            write_json_atomic(g.outdir / "boot.json", boot.to_json())
+            write_json_atomic(g.outdir / "findings.json", [f.to_json() for f in findings])
 
     def stop_all(self) -> None:
         for cid in list(self.guests):

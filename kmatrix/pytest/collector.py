@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import platform
 import sys
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +23,62 @@ import pytest
 
 from kmatrix import __version__
 from kmatrix.config.specs import Cell, Matrix
-from kmatrix.results.runs import SCHEMA, failure_message, write_json_atomic
+from kmatrix.errors import InputError
+from kmatrix.pytest.plan import RunPlan
+from kmatrix.results.runs import Run, summarize_failure, write_run
+from kmatrix.results.schema import (
+    BootRecord,
+    CellResult,
+    FindingRecord,
+    Outcome,
+    RunDocument,
+    RunInfo,
+    TestResult,
+    cell_status,
+)
 from kmatrix.vm.accel import qemu_version
 
 METRIC_PREFIX = "metric."
-
-
-@dataclass
-class TestRecord:
-    cell: str
-    test: str  # node id without the parameter part
-    nodeid: str
-    outcome: str  # passed | failed | error | skipped | xfailed | xpassed
-    duration: float = 0.0
-    message: str = ""
-    longrepr: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    properties: dict[str, str] = field(default_factory=dict)
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def outcome_of(report: pytest.TestReport) -> str | None:
+def outcome_of(report: pytest.TestReport) -> Outcome | None:
     """The test's outcome from one phase report, or None if this phase adds nothing."""
     xfail = hasattr(report, "wasxfail")
     if report.when == "call":
         if xfail:
-            return "xpassed" if report.passed else "xfailed"
-        return str(report.outcome)
+            return Outcome.XPASSED if report.passed else Outcome.XFAILED
+        return Outcome.named(report.outcome)
     if report.failed:
-        return "error"
+        return Outcome.ERROR
     if report.skipped:
-        return "xfailed" if xfail else "skipped"
+        return Outcome.XFAILED if xfail else Outcome.SKIPPED
     return None
 
 
-def read_json(path: Path) -> Any:
+def _metric(value: str) -> float | None:
+    """A recorded metric's number; None for one that is not a finite number (JSON has no
+    NaN or Infinity, and a comparison of them would mean nothing)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        v = float(value)
+    except ValueError:
         return None
+    return v if math.isfinite(v) else None
+
+
+def read_cell_file(path: Path, read: Any, default: Any) -> Any:
+    """A per-cell file the worker left (boot.json, findings.json), typed; default when it is
+    missing (the cell never booted) and, with a warning, when it cannot be read."""
+    try:
+        return read(json.loads(path.read_text()), path)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError, RecursionError, InputError) as e:
+        sys.stderr.write(f"kmatrix: {path}: ignored: {e}\n")
+        return default
 
 
 class ResultsCollector:
@@ -73,7 +87,7 @@ class ResultsCollector:
     def __init__(self, matrix: Matrix, reports: Path, args: list[str]) -> None:
         self.matrix = matrix
         self.reports = reports
-        self.records: dict[str, TestRecord] = {}
+        self.records: dict[str, TestResult] = {}
         self.cells_by_id = {c.id: c for c in matrix.cells}
         self.cells_seen: list[str] = []
         self.started = _now()
@@ -82,8 +96,8 @@ class ResultsCollector:
         self.exitstatus: int | None = None
         self.run_id = str(uuid.uuid4())
         self.args = args
-        # More facts for the "run" section (the plan: matrix digest, shard, planned cells).
-        self.meta_extra: dict[str, Any] = {}
+        # The plan (matrix digest, shard, planned cells) for the "run" section, once known.
+        self.plan: RunPlan | None = None
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -100,9 +114,9 @@ class ResultsCollector:
         outcome = outcome_of(report)
         rec = self.records.get(report.nodeid)
         if rec is None:
-            rec = TestRecord(
+            rec = TestResult(
                 cell=cell_id, test=report.nodeid.split("[", 1)[0], nodeid=report.nodeid,
-                outcome="passed",
+                outcome=Outcome.PASSED,
             )  # fmt: skip
             self.records[report.nodeid] = rec
             if cell_id not in self.cells_seen:
@@ -110,11 +124,12 @@ class ResultsCollector:
         rec.duration += report.duration
         for k, v in props.items():
             if k.startswith(METRIC_PREFIX):
-                with contextlib.suppress(ValueError):
-                    rec.metrics[k.removeprefix(METRIC_PREFIX)] = float(v)
+                number = _metric(v)
+                if number is not None:
+                    rec.metrics[k.removeprefix(METRIC_PREFIX)] = number
             else:
                 rec.properties[k] = v
-        if outcome is not None and (rec.outcome == "passed" or outcome == "error"):
+        if outcome is not None and (rec.outcome is Outcome.PASSED or outcome is Outcome.ERROR):
             # A teardown error after a pass still makes the test an error.
             rec.outcome = outcome
             if report.longrepr is not None:
@@ -127,7 +142,7 @@ class ResultsCollector:
                 else:
                     # A plain-text report (the plugin appends the console tail): its first
                     # "E   " line is the assertion; its first line is only source context.
-                    rec.message = failure_message({"longrepr": rec.longrepr})[:2000]
+                    rec.message = summarize_failure("", rec.longrepr)[:2000]
         if report.when == "teardown":
             self.write()
 
@@ -148,7 +163,7 @@ class ResultsCollector:
         for acc, why in reasons:
             if acc:
                 tr.write_line(f"accelerator {acc}: {why}")
-        statuses = [self.cell_entry(c)["status"] for c in self.cells_seen]
+        statuses = [self.cell_entry(c).status for c in self.cells_seen]
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
         tr.write_line(f"{len(self.cells_seen)} cells ({counts}); reports in {self.reports}")
 
@@ -210,11 +225,11 @@ class ResultsCollector:
     def cell_dir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
 
-    def cell_entry(self, cell_id: str) -> dict[str, Any]:
+    def cell_entry(self, cell_id: str) -> CellResult:
         cell = self.cells_by_id[cell_id]
         d = self.cell_dir(cell)
-        boot = read_json(d / "boot.json") or {}
-        findings = read_json(d / "findings.json") or []
+        boot = read_cell_file(d / "boot.json", BootRecord.from_json, BootRecord())
+        findings = read_cell_file(d / "findings.json", read_findings, [])
         outcomes = [r.outcome for r in self.records.values() if r.cell == cell_id]
         artifacts = {
             name: str((d / fname).relative_to(self.reports))
@@ -227,56 +242,60 @@ class ResultsCollector:
             )
             if (d / fname).is_file()
         }
-        return {
-            "id": cell_id,
-            "kernel": cell.kernel.name,
-            "kernel_release": boot.get("release", ""),
-            "cpu": cell.cpu.name,
-            "cpu_model": cell.cpu.model,
-            "device": cell.device.name,
-            "smp": cell.smp,
-            "memory_mib": cell.memory,
-            "boot": boot,
-            "findings": findings,
-            "artifacts": artifacts,
-            "status": cell_status(outcomes),
-            "counts": {o: outcomes.count(o) for o in sorted(set(outcomes))},
-        }
+        return CellResult(
+            id=cell_id,
+            kernel=cell.kernel.name,
+            kernel_release=boot.release,
+            cpu=cell.cpu.name,
+            cpu_model=cell.cpu.model,
+            device=cell.device.name,
+            smp=cell.smp,
+            memory_mib=cell.memory,
+            boot=boot,
+            findings=findings,
+            artifacts=artifacts,
+            status=cell_status(outcomes),
+            counts={str(o): outcomes.count(o) for o in sorted(set(outcomes))},
+        )
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> RunDocument:
         finished = dt.datetime.now(dt.UTC)
         accels = sorted(
             {r.properties.get("kmatrix.accelerator", "") for r in self.records.values()} - {""}
         )
-        return {
-            "schema": SCHEMA,
-            "run": {
-                "id": self.run_id,
-                "started": self.started,
-                "finished": finished.isoformat(timespec="seconds"),
-                "duration": round((finished - self.t0).total_seconds(), 3),
-                "interrupted": self.interrupted,
-                "exitstatus": self.exitstatus,
-                "matrix": str(self.matrix.path),
-                "matrix_name": self.matrix.name,
-                "kmatrix": __version__,
-                "qemu": qemu_version(),
-                "accelerators": accels,
-                "host": platform.node(),
-                "host_kernel": platform.release(),
-                "python": platform.python_version(),
-                "args": self.args,
-                "argv": sys.argv,
-                **self.meta_extra,
-            },
-            "cells": [self.cell_entry(c) for c in self.cells_seen],
-            "results": [asdict(r) for r in self.records.values()],
-        }
+        plan = self.plan
+        info = RunInfo(
+            id=self.run_id,
+            started=self.started,
+            finished=finished.isoformat(timespec="seconds"),
+            duration=round((finished - self.t0).total_seconds(), 3),
+            interrupted=self.interrupted,
+            exitstatus=self.exitstatus,
+            matrix=str(self.matrix.path),
+            matrix_name=self.matrix.name,
+            kmatrix=__version__,
+            qemu=qemu_version(),
+            accelerators=accels,
+            host=platform.node(),
+            host_kernel=platform.release(),
+            python=platform.python_version(),
+            args=self.args,
+            argv=sys.argv,
+            matrix_digest=plan.digest if plan else "",
+            matrix_cells=plan.matrix_cells if plan else [],
+            shard=plan.shard if plan else None,
+            planned_cells=dict(plan.tests) if plan else {},
+        )
+        return RunDocument(
+            run=info,
+            cells=[self.cell_entry(c) for c in self.cells_seen],
+            results=list(self.records.values()),
+        )
 
     def write(self) -> None:
         doc = self.document()
         try:
-            write_json_atomic(self.reports / "results.json", doc)
+            write_run(self.reports / "results.json", doc)
         except OSError as e:
             # Disk full or the like: keep the run (and pytest's own JUnit) going; say why once.
             if not getattr(self, "write_error", None):
@@ -287,18 +306,12 @@ class ResultsCollector:
         # a failure here is reported by the full report pass at the end of the session.
         with contextlib.suppress(Exception):
             from kmatrix.reports import junit as junit_cells
-            from kmatrix.results.runs import Run
 
             junit_cells.write(Run(self.reports / "results.json", doc), self.reports)
 
 
-def cell_status(outcomes: list[str]) -> str:
-    """A cell's colour: fail beats error beats xpass beats pass/xfail; all skipped is skip."""
-    if not outcomes:
-        return "none"
-    for o, status in (("failed", "fail"), ("error", "error"), ("xpassed", "xpass")):
-        if o in outcomes:
-            return status
-    if all(o == "skipped" for o in outcomes):
-        return "skip"
-    return "pass"
+def read_findings(data: object, source: Path) -> list[FindingRecord]:
+    """findings.json: a list of the cell's kernel-log findings."""
+    if not isinstance(data, list):
+        raise InputError(f"{source}: expected a list of findings")
+    return [FindingRecord.from_json(f, source, f"[{i}]") for i, f in enumerate(data)]

@@ -4,7 +4,7 @@ A single process learns its tests from collection; the xdist controller never co
 reads a worker's collection report (its node ids, after -k and sharding) instead. From that:
 how many tests each cell has (progress knows when a cell is done) and which cells this run,
 or this shard, is meant to cover (`kmatrix merge` tells a cell that never ran from one that
-was never planned). The plan's `meta` dict goes into results.json's "run" section.
+was never planned). The plan's facts go into results.json's "run" section.
 """
 
 from __future__ import annotations
@@ -38,12 +38,9 @@ class RunPlan:
         self.cell_ids = CellIds(matrix.cells)
         self.tests: dict[str, int] = {}  # cell id -> number of selected tests, in run order
         self.known = False
-        self.meta: dict[str, Any] = {
-            "matrix_digest": matrix_digest(matrix),
-            "matrix_cells": [c.id for c in matrix.cells],
-            "shard": shard,
-            "planned_cells": {},  # cell id -> selected tests
-        }
+        self.digest = matrix_digest(matrix)
+        self.matrix_cells = [c.id for c in matrix.cells]
+        self.shard = shard
 
     def set_nodeids(self, nodeids: Sequence[str]) -> None:
         tests: dict[str, int] = {}
@@ -53,7 +50,6 @@ class RunPlan:
                 tests[cid] = tests.get(cid, 0) + 1
         self.tests = tests
         self.known = True
-        self.meta["planned_cells"] = dict(tests)
 
     # --- hooks ------------------------------------------------------------------------------
 

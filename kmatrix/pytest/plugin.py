@@ -91,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # the live progress and results.json's shard facts for `kmatrix merge`.
             plan = RunPlan(matrix, config.getoption("kmatrix_shard"))
             config.pluginmanager.register(plan, "kmatrix-plan")
-            collector.meta_extra = plan.meta
+            collector.plan = plan
             progress.register(config, plan)
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from kmatrix.pytest.collector import outcome_of
 from kmatrix.pytest.plan import RunPlan
+from kmatrix.results.schema import Outcome
 
 MODES = ("auto", "tty", "plain", "off")
 TICK = 1.0  # seconds between redraws of the tty status line
@@ -67,7 +68,7 @@ class CellState:
     test_started: float = 0.0
     module: str = ""
     finished: int = 0  # tests whose teardown was reported
-    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # nodeid -> outcome
     boot_seconds: str = ""
     done: float | None = None
 
@@ -234,10 +235,10 @@ class Progress:
         outcome = outcome_of(report)
         if outcome is not None:
             prev = c.outcomes.get(report.nodeid)
-            if prev is None or prev == "passed" or outcome == "error":
+            if prev is None or prev is Outcome.PASSED or outcome is Outcome.ERROR:
                 c.outcomes[report.nodeid] = outcome
         if report.when == "teardown":
-            c.outcomes.setdefault(report.nodeid, "passed")
+            c.outcomes.setdefault(report.nodeid, Outcome.PASSED)
             c.finished += 1
             if c.expected and c.finished >= c.expected:
                 self.finish(c)

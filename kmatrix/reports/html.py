@@ -26,8 +26,9 @@ from kmatrix.results.runs import (
     metric_label,
     metric_values,
     read_artifact,
-    short_name,
+    result_name,
 )
+from kmatrix.results.schema import CellResult, CellStatus, Outcome
 
 FILENAME = "index.html"
 CONSOLE_LIMIT = 200_000  # characters of each cell's console/dmesg kept inline
@@ -76,14 +77,14 @@ def _json_for_script(data: Any) -> str:
     )
 
 
-def display_status(cell: dict[str, Any], run: Run, known: KnownIssues) -> str:
+def display_status(cell: CellResult, run: Run, known: KnownIssues) -> str:
     """The cell's status, but "known" when every failure in it is explained by a known issue."""
-    status = str(cell.get("status") or "none")
-    if status == "fail" and known:
-        failing = [r for r in run.results_of(str(cell.get("id"))) if r.get("outcome") == "failed"]
+    status = cell.status
+    if status == CellStatus.FAIL and known:
+        failing = [r for r in run.results_of(cell.id) if r.outcome is Outcome.FAILED]
         if failing and all(known.for_failure(cell, r) for r in failing):
             return "known"
-    return status
+    return str(status)
 
 
 def _cell_diff(comparison: Comparison | None, cell_id: str) -> list[dict[str, str]]:
@@ -104,41 +105,42 @@ def _cell_diff(comparison: Comparison | None, cell_id: str) -> list[dict[str, st
 
 def cell_data(
     run: Run,
-    cell: dict[str, Any],
+    cell: CellResult,
     known: KnownIssues,
     comparison: Comparison | None,
     baseline: Run | None,
 ) -> dict[str, Any]:
-    cid = str(cell.get("id"))
+    cid = cell.id
     status = display_status(cell, run, known)
     tests = []
     for r in run.results_of(cid):
         issue = known.for_failure(cell, r)
-        failing = r.get("outcome") in ("failed", "error", "skipped", "xfailed", "xpassed")
         tests.append(
             {
-                "name": short_name(r),
-                "nodeid": r.get("nodeid"),
-                "outcome": r.get("outcome"),
-                "duration": round(float(r.get("duration") or 0.0), 3),
-                "message": failure_message(r) if failing else "",
-                "longrepr": str(r.get("longrepr") or "")[-LONGREPR_LIMIT:],
+                "name": result_name(r),
+                "nodeid": r.nodeid,
+                "outcome": str(r.outcome),
+                "duration": round(r.duration, 3),
+                # Anything but a pass says why (a skip's reason, a failure's assertion).
+                "message": failure_message(r) if r.outcome is not Outcome.PASSED else "",
+                "longrepr": r.longrepr[-LONGREPR_LIMIT:],
                 "known": issue.id if issue else "",
             }
         )
     findings = []
-    for f in cell.get("findings") or []:
+    for f in cell.findings:
         issue = known.for_finding(cell, f)
-        findings.append({**f, "known": issue.id if issue else ""})
+        findings.append({**f.to_json(), "known": issue.id if issue else ""})
     base_values = metric_values(baseline) if baseline is not None else {}
     metrics = [
         {"label": metric_label(k), "value": v, "baseline": base_values.get(k)}
         for k, v in metric_values(run).items()
         if k[0] == cid
     ]
+    facts = cell.to_json()
     return {
-        **{k: cell.get(k) for k in ("kernel", "kernel_release", "cpu", "cpu_model", "device")},
-        **{k: cell.get(k) for k in ("smp", "memory_mib", "boot", "artifacts")},
+        **{k: facts[k] for k in ("kernel", "kernel_release", "cpu", "cpu_model", "device")},
+        **{k: facts[k] for k in ("smp", "memory_mib", "boot", "artifacts")},
         "status": status,
         "status_label": STATUS_LABEL.get(status, status),
         "tests": tests,
@@ -165,13 +167,13 @@ def _counts_html(counts: dict[str, int]) -> str:
 
 def _matrix_html(run: Run, data: dict[str, dict[str, Any]], comparison: Comparison | None) -> str:
     kernels, cols = layout(run)
-    by_pos = {(c.get("kernel"), c.get("cpu"), c.get("device")): c for c in run.cells}
+    by_pos = {(c.kernel, c.cpu, c.device): c for c in run.cells}
     cpus: list[tuple[str, int, str]] = []
     for cpu, _ in cols:
         if cpus and cpus[-1][0] == cpu:
             cpus[-1] = (cpu, cpus[-1][1] + 1, cpus[-1][2])
         else:
-            model = next((str(c.get("cpu_model")) for c in run.cells if c.get("cpu") == cpu), "")
+            model = next((c.cpu_model for c in run.cells if c.cpu == cpu), "")
             cpus.append((cpu, 1, model))
     head1 = "".join(
         f'<th colspan="{n}" title="QEMU -cpu {_e(model)}">{_e(cpu)}'
@@ -182,14 +184,14 @@ def _matrix_html(run: Run, data: dict[str, dict[str, Any]], comparison: Comparis
     head2 = "".join(f"<th>{_e(dev)}</th>" for _, dev in cols)
     rows = []
     for k in kernels:
-        release = next((c.get("kernel_release") for c in run.cells if c.get("kernel") == k), "")
+        release = next((c.kernel_release for c in run.cells if c.kernel == k), "")
         tds = []
         for cpu, dev in cols:
             cell = by_pos.get((k, cpu, dev))
             if cell is None:
                 tds.append('<td class="missing" title="not in this run">—</td>')
                 continue
-            cid = str(cell.get("id"))
+            cid = cell.id
             d = data[cid]
             badges = []
             nf = len(d["findings"])
@@ -209,15 +211,15 @@ def _matrix_html(run: Run, data: dict[str, dict[str, Any]], comparison: Comparis
                     badges.append(f'<span class="badge good">{len(fixed)} fixed</span>')
                 if regressed:
                     badges.append(f'<span class="badge bad">{len(regressed)} slower</span>')
-            boot = (cell.get("boot") or {}).get("boot_seconds")
+            boot = cell.boot.boot_seconds
             boot_s = f'<span class="small">boot {boot:.2f} s</span>' if boot else ""
             status = d["status"]
             tds.append(
                 f'<td class="cell st-{_e(status)}" data-cell="{_e(cid)}" tabindex="0" '
                 f'role="button" title="{_e(cid)}">'
                 f'<span class="status">{_e(STATUS_LABEL.get(status, status))}</span>'
-                f'<span class="counts" title="{_e(_counts_title(cell.get("counts") or {}))}">'
-                f"{_e(_counts_html(cell.get('counts') or {}))}</span><br>"
+                f'<span class="counts" title="{_e(_counts_title(cell.counts))}">'
+                f"{_e(_counts_html(cell.counts))}</span><br>"
                 f"{boot_s}{''.join(badges)}</td>"
             )
         rows.append(f"<tr><th>{_e(k)}<small>{_e(release or '')}</small></th>{''.join(tds)}</tr>")
@@ -340,18 +342,18 @@ def plot_svg(
 
 def _plots_html(run: Run, baseline: Run | None) -> str:
     kernels, _ = layout(run)
-    cells = {str(c.get("id")): c for c in run.cells}
+    cells = {c.id: c for c in run.cells}
 
     def grouped(r: Run) -> dict[str, dict[str, dict[str, float]]]:
         # metric label -> series (cpu/device) -> kernel -> value
         out: dict[str, dict[str, dict[str, float]]] = {}
-        rcells = {str(c.get("id")): c for c in r.cells}
+        rcells = {c.id: c for c in r.cells}
         for key, v in metric_values(r).items():
             c = rcells.get(key[0]) or cells.get(key[0])
             if c is None:
                 continue
-            series = f"{c.get('cpu')}/{c.get('device')}"
-            out.setdefault(metric_label(key), {}).setdefault(series, {})[str(c.get("kernel"))] = v
+            series = f"{c.cpu}/{c.device}"
+            out.setdefault(metric_label(key), {}).setdefault(series, {})[c.kernel] = v
         return out
 
     now = grouped(run)
@@ -379,25 +381,25 @@ def render(
     baseline: Run | None = None,
 ) -> str:
     known = known or KnownIssues()
-    data = {str(c.get("id")): cell_data(run, c, known, comparison, baseline) for c in run.cells}
+    data = {c.id: cell_data(run, c, known, comparison, baseline) for c in run.cells}
     meta = run.meta
     totals: dict[str, int] = {}
     for r in run.results:
-        o = str(r.get("outcome"))
+        o = str(r.outcome)
         totals[o] = totals.get(o, 0) + 1
     facts = [
-        ("matrix", meta.get("matrix_name") or meta.get("matrix")),
-        ("started", meta.get("started")),
-        ("duration", f"{meta.get('duration', 0):.0f} s" if meta.get("duration") else None),
-        ("kmatrix", meta.get("kmatrix")),
-        ("QEMU", meta.get("qemu")),
-        ("accelerator", ", ".join(meta.get("accelerators") or []) or None),
-        ("host", meta.get("host")),
+        ("matrix", meta.matrix_name or meta.matrix),
+        ("started", meta.started),
+        ("duration", f"{meta.duration:.0f} s" if meta.duration else None),
+        ("kmatrix", meta.kmatrix),
+        ("QEMU", meta.qemu),
+        ("accelerator", ", ".join(meta.accelerators) or None),
+        ("host", meta.host),
     ]
     meta_html = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in facts if v)
     totals_html = ", ".join(f"{n} {o}" for o, n in sorted(totals.items()))
     banner = ""
-    if meta.get("interrupted"):
+    if meta.interrupted:
         banner = '<p class="banner">This run was interrupted: cells not shown did not run.</p>'
     legend = "".join(
         f'<span class="st-{s}">{_e(STATUS_LABEL[s])}</span>'
@@ -408,7 +410,7 @@ def render(
         if known
         else ""
     )
-    title = f"kmatrix: {meta.get('matrix_name') or 'run'} — {len(run.cells)} cells"
+    title = f"kmatrix: {meta.matrix_name or 'run'} — {len(run.cells)} cells"
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import Run, failure_message, read_artifact
+from kmatrix.results.schema import CellResult, TestResult
 
 FILENAME = "junit-cells.xml"
 _DISABLED = re.compile(r'(<testsuites?) disabled="\d+"')
@@ -31,57 +31,55 @@ def _classname(nodeid: str) -> str:
     return ".".join([module, *parts[1:-1]])
 
 
-def _case(rec: dict[str, Any], cell: dict[str, Any], known: KnownIssues) -> TestCase:
-    nodeid = str(rec.get("nodeid") or "")
-    metrics = rec.get("metrics") or {}
-    out = "\n".join(f"metric {k} = {v}" for k, v in metrics.items())
+def _case(rec: TestResult, cell: CellResult, known: KnownIssues) -> TestCase:
+    out = "\n".join(f"metric {k} = {v}" for k, v in rec.metrics.items())
     tc = TestCase(
-        name=nodeid.split("::")[-1],
-        classname=_classname(nodeid),
-        elapsed_sec=round(float(rec.get("duration") or 0.0), 3),
+        name=rec.nodeid.split("::")[-1],
+        classname=_classname(rec.nodeid),
+        elapsed_sec=round(rec.duration, 3),
         stdout=out or None,
         timestamp=None,
     )
-    outcome = rec.get("outcome")
+    outcome = rec.outcome
     message = failure_message(rec)
-    longrepr = str(rec.get("longrepr") or "")[-_SYSTEM_OUT_LIMIT:]
+    longrepr = rec.longrepr[-_SYSTEM_OUT_LIMIT:]
     issue = known.for_failure(cell, rec)
     if issue is not None:
         message = f"[known issue {issue.id}] {message}"
-    if outcome == "failed":
+    if outcome.junit == "failure":
         tc.add_failure_info(message=message, output=longrepr, failure_type="failure")
-    elif outcome == "error":
+    elif outcome.junit == "error":
         tc.add_error_info(message=message, output=longrepr, error_type="error")
-    elif outcome in ("skipped", "xfailed"):
-        reason = str(rec.get("message") or longrepr or outcome)
+    elif outcome.junit == "skipped":
+        reason = rec.message or longrepr or outcome
         tc.add_skipped_info(message=f"{outcome}: {reason}"[:2000])
     return tc
 
 
-def cell_properties(cell: dict[str, Any], run: Run) -> dict[str, str]:
-    boot = cell.get("boot") or {}
-    seconds = boot.get("boot_seconds")
-    props = {
-        "kmatrix.cell": cell.get("id"),
-        "kmatrix.status": cell.get("status"),
-        "kmatrix.kernel": cell.get("kernel"),
-        "kmatrix.kernel_release": cell.get("kernel_release") or boot.get("release"),
-        "kmatrix.cpu": cell.get("cpu"),
-        "kmatrix.cpu_model": cell.get("cpu_model"),
-        "kmatrix.device_profile": cell.get("device"),
-        "kmatrix.smp": cell.get("smp"),
-        "kmatrix.memory_mib": cell.get("memory_mib"),
-        "kmatrix.accelerator": boot.get("accel"),
-        "kmatrix.accelerator_reason": boot.get("accel_reason"),
-        "kmatrix.boot_seconds": f"{seconds:.3f}" if isinstance(seconds, int | float) else None,
-        "kmatrix.poweroff_clean": boot.get("poweroff_clean"),
-        "kmatrix.findings": len(cell.get("findings") or []),
-        "kmatrix.qemu_version": run.meta.get("qemu"),
-        "kmatrix.version": run.meta.get("kmatrix"),
-        "kmatrix.run_id": run.meta.get("id"),
-        "kmatrix.run_interrupted": run.meta.get("interrupted"),
+def cell_properties(cell: CellResult, run: Run) -> dict[str, str]:
+    boot = cell.boot
+    seconds = boot.boot_seconds
+    props: dict[str, object] = {
+        "kmatrix.cell": cell.id,
+        "kmatrix.status": cell.status,
+        "kmatrix.kernel": cell.kernel,
+        "kmatrix.kernel_release": cell.kernel_release or boot.release,
+        "kmatrix.cpu": cell.cpu,
+        "kmatrix.cpu_model": cell.cpu_model,
+        "kmatrix.device_profile": cell.device,
+        "kmatrix.smp": cell.smp,
+        "kmatrix.memory_mib": cell.memory_mib,
+        "kmatrix.accelerator": boot.accel,
+        "kmatrix.accelerator_reason": boot.accel_reason,
+        "kmatrix.boot_seconds": f"{seconds:.3f}" if seconds is not None else None,
+        "kmatrix.poweroff_clean": boot.poweroff_clean,
+        "kmatrix.findings": len(cell.findings),
+        "kmatrix.qemu_version": run.meta.qemu,
+        "kmatrix.version": run.meta.kmatrix,
+        "kmatrix.run_id": run.meta.id,
+        "kmatrix.run_interrupted": run.meta.interrupted,
     }
-    for name, rel in (cell.get("artifacts") or {}).items():
+    for name, rel in cell.artifacts.items():
         props[f"kmatrix.artifact.{name}"] = rel
     return {
         k: str(v).lower() if isinstance(v, bool) else str(v)
@@ -94,20 +92,16 @@ def suites(run: Run, known: KnownIssues | None = None) -> list[TestSuite]:
     known = known or KnownIssues()
     out = []
     for cell in run.cells:
-        cid = str(cell.get("id"))
-        recs = run.results_of(cid)
-        findings = cell.get("findings") or []
-        stderr = "\n\n".join(
-            f"{f.get('kind')}: {f.get('title')}\n{f.get('excerpt', '')}" for f in findings
-        )
+        recs = run.results_of(cell.id)
+        stderr = "\n\n".join(f"{f.kind}: {f.title}\n{f.excerpt}" for f in cell.findings)
         out.append(
             TestSuite(
-                name=cid,
+                name=cell.id,
                 test_cases=[_case(r, cell, known) for r in recs],
-                hostname=str(run.meta.get("host") or "") or None,
-                timestamp=run.meta.get("started"),
+                hostname=run.meta.host or None,
+                timestamp=run.meta.started or None,
                 properties=cell_properties(cell, run),
-                package=str(cell.get("kernel") or ""),
+                package=cell.kernel,
                 stdout=read_artifact(run, cell, "console", _SYSTEM_OUT_LIMIT),
                 stderr=stderr[:_SYSTEM_OUT_LIMIT] or None,
             )

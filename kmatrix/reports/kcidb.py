@@ -21,19 +21,11 @@ from typing import Any
 from kmatrix.errors import InputError
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import Run, failure_text, metric_values
+from kmatrix.results.schema import CellResult, Outcome
 
 FILENAME = "kcidb.json"
 VERSION = {"major": 5, "minor": 3}
 ORIGIN_RE = re.compile(r"^[a-z0-9_]+$")
-STATUS = {
-    "passed": "PASS",
-    "failed": "FAIL",
-    "error": "ERROR",
-    "skipped": "SKIP",
-    # An expected failure tells nothing new about the code; an unexpected pass did pass.
-    "xfailed": "SKIP",
-    "xpassed": "PASS",
-}
 EXCERPT_MAX = 16384  # the schema's maxLength for log_excerpt
 
 
@@ -73,14 +65,14 @@ def export(
         raise InputError(f"KCIDB origin {origin!r}: must match {ORIGIN_RE.pattern}")
     known = known or KnownIssues()
     meta = run.meta
-    run_id = str(meta.get("id") or _digest(run.path))
-    started = meta.get("started")
+    run_id = meta.id or _digest(run.path)
+    started = meta.started
     checkouts: dict[str, dict[str, Any]] = {}
     builds: dict[str, dict[str, Any]] = {}
     build_of: dict[str, str] = {}
     for c in run.cells:
-        kernel = str(c.get("kernel"))
-        release = str(c.get("kernel_release") or (c.get("boot") or {}).get("release") or "")
+        kernel = c.kernel
+        release = c.kernel_release or c.boot.release
         key = f"{kernel}:{release}"
         if key not in checkouts:
             checkouts[key] = {
@@ -90,7 +82,6 @@ def export(
                 "valid": True,
                 "misc": {"kernel": kernel, "kernel_release": release},
             }
-            boot = c.get("boot") or {}
             builds[key] = {
                 "id": f"{origin}:build:{key}",
                 "checkout_id": checkouts[key]["id"],
@@ -100,38 +91,37 @@ def export(
                 "status": "PASS" if release else "MISS",
                 "misc": {
                     "kernel_release": release,
-                    "kernel_image": boot.get("kernel_image", ""),
+                    "kernel_image": c.boot.kernel_image,
                 },
             }
-        build_of[str(c.get("id"))] = builds[key]["id"]
+        build_of[c.id] = builds[key]["id"]
 
     tests: list[dict[str, Any]] = []
     issues: dict[str, dict[str, Any]] = {}
     incidents: list[dict[str, Any]] = []
     metrics = metric_values(run)
 
-    def environment(c: dict[str, Any]) -> dict[str, Any]:
-        boot = c.get("boot") or {}
+    def environment(c: CellResult) -> dict[str, Any]:
+        accel = c.boot.accel or "?"
         return {
-            "comment": f"QEMU -cpu {c.get('cpu_model')}, device profile {c.get('device')}, "
-            f"{boot.get('accel') or '?'}",
+            "comment": f"QEMU -cpu {c.cpu_model}, device profile {c.device}, {accel}",
             "misc": {
-                "cell": c.get("id"),
-                "cpu": c.get("cpu"),
-                "cpu_model": c.get("cpu_model"),
-                "device_profile": c.get("device"),
-                "smp": c.get("smp"),
-                "memory_mib": c.get("memory_mib"),
-                "accelerator": boot.get("accel"),
-                "qemu": meta.get("qemu"),
-                "host": meta.get("host"),
+                "cell": c.id,
+                "cpu": c.cpu,
+                "cpu_model": c.cpu_model,
+                "device_profile": c.device,
+                "smp": c.smp,
+                "memory_mib": c.memory_mib,
+                "accelerator": c.boot.accel,
+                "qemu": meta.qemu,
+                "host": meta.host,
             },
         }
 
-    def base_test(c: dict[str, Any], ident: str, path: str) -> dict[str, Any]:
+    def base_test(c: CellResult, ident: str, path: str) -> dict[str, Any]:
         t: dict[str, Any] = {
-            "id": f"{origin}:{run_id}:{_digest(c.get('id'), ident)}",
-            "build_id": build_of[str(c.get("id"))],
+            "id": f"{origin}:{run_id}:{_digest(c.id, ident)}",
+            "build_id": build_of[c.id],
             "origin": origin,
             "path": path,
             "environment": environment(c),
@@ -141,21 +131,18 @@ def export(
         return t
 
     for c in run.cells:
-        cid = str(c.get("id"))
-        boot = c.get("boot") or {}
-        seconds = boot.get("boot_seconds")
+        cid = c.id
+        seconds = c.boot.boot_seconds
         bt = base_test(c, "boot", "boot")
-        bt["status"] = "PASS" if isinstance(seconds, int | float) else "FAIL"
-        if isinstance(seconds, int | float):
+        bt["status"] = "PASS" if seconds is not None else "FAIL"
+        if seconds is not None:
             bt["number"] = {"value": float(seconds), "unit": "s", "prefix": "metric"}
-        findings = c.get("findings") or []
+        findings = c.findings
         if findings:
-            bt["log_excerpt"] = "\n\n".join(str(f.get("excerpt", "")) for f in findings)[
-                :EXCERPT_MAX
-            ]
-        bt["misc"] = {"findings": [f"{f.get('kind')}: {f.get('title')}" for f in findings]}
+            bt["log_excerpt"] = "\n\n".join(f.excerpt for f in findings)[:EXCERPT_MAX]
+        bt["misc"] = {"findings": [f"{f.kind}: {f.title}" for f in findings]}
         if artifacts_url:
-            arts = {str(k): str(v) for k, v in (c.get("artifacts") or {}).items()}
+            arts = dict(c.artifacts)
             if "console" in arts:
                 bt["log_url"] = _url(artifacts_url, arts.pop("console"))
             files = [
@@ -165,17 +152,16 @@ def export(
                 bt["output_files"] = files
         tests.append(bt)
         for r in run.results_of(cid):
-            nodeid = str(r.get("nodeid"))
-            outcome = str(r.get("outcome"))
+            nodeid = r.nodeid
             path = kcidb_path(nodeid, cid)
             t = base_test(c, nodeid, path)
-            t["status"] = STATUS.get(outcome, "ERROR")
-            t["duration"] = round(float(r.get("duration") or 0.0), 3)
-            if outcome != "passed":
+            t["status"] = r.outcome.kcidb
+            t["duration"] = round(r.duration, 3)
+            if r.outcome is not Outcome.PASSED:
                 excerpt = failure_text(r).strip()
                 if excerpt:
                     t["log_excerpt"] = excerpt[-EXCERPT_MAX:]
-            t["misc"] = {"nodeid": nodeid, "outcome": outcome, "cell": cid}
+            t["misc"] = {"nodeid": nodeid, "outcome": str(r.outcome), "cell": cid}
             tests.append(t)
             issue = known.for_failure(c, r)
             if issue is not None:

@@ -7,12 +7,12 @@ every list is capped so the summary stays far below their size limits (1 MiB / 1
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from kmatrix.reports.html import display_status
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
-from kmatrix.results.runs import Run, failure_message, layout, short_name
+from kmatrix.results.runs import Run, failure_message, layout, result_name
+from kmatrix.results.schema import CellResult
 
 FILENAME = "summary.md"
 MAX_ITEMS = 40
@@ -43,7 +43,7 @@ def _capped(items: list[str]) -> list[str]:
 
 def _matrix(run: Run, known: KnownIssues) -> list[str]:
     kernels, cols = layout(run)
-    by_pos = {(c.get("kernel"), c.get("cpu"), c.get("device")): c for c in run.cells}
+    by_pos = {(c.kernel, c.cpu, c.device): c for c in run.cells}
     head = "| kernel | " + " | ".join(f"{_cell_text(c)} / {_cell_text(d)}" for c, d in cols)
     lines = [head + " |", "|---" * (len(cols) + 1) + "|"]
     for k in kernels:
@@ -54,7 +54,7 @@ def _matrix(run: Run, known: KnownIssues) -> list[str]:
                 row.append("")
                 continue
             status = display_status(cell, run, known)
-            counts: dict[str, int] = cell.get("counts") or {}
+            counts = cell.counts
             order = ["failed", "error", "xpassed", "passed", "skipped", "xfailed"]
             order += sorted(set(counts) - set(order))
             text = ", ".join(f"{counts[o]} {o}" for o in order if counts.get(o))
@@ -64,19 +64,19 @@ def _matrix(run: Run, known: KnownIssues) -> list[str]:
 
 
 def _failures(run: Run, known: KnownIssues) -> list[str]:
-    cells = {str(c.get("id")): c for c in run.cells}
-    bad = [r for r in run.results if r.get("outcome") in ("failed", "error", "xpassed")]
+    cells = {c.id: c for c in run.cells}
+    bad = [r for r in run.results if r.outcome.notable]
     if not bad:
         return []
     rows = []
     for r in bad:
-        issue = known.for_failure(cells.get(str(r.get("cell")), {}), r)
+        issue = known.for_failure(cells.get(r.cell) or CellResult.unknown(r.cell), r)
         msg = failure_message(r)
         if issue is not None:
             msg = f"known issue {issue.id}: {msg}"
         rows.append(
-            f"| {_cell_text(r.get('cell'))} | {_cell_text(short_name(r))} | "
-            f"{_cell_text(r.get('outcome'))} | {_cell_text(msg)} |"
+            f"| {_cell_text(r.cell)} | {_cell_text(result_name(r))} | "
+            f"{_cell_text(r.outcome)} | {_cell_text(msg)} |"
         )
     head = [f"### Failures ({len(bad)})", "", "| cell | test | outcome | message |"]
     return [*head, "|---|---|---|---|", *_capped(rows)]
@@ -85,13 +85,11 @@ def _failures(run: Run, known: KnownIssues) -> list[str]:
 def _findings(run: Run, known: KnownIssues) -> list[str]:
     items: list[str] = []
     for c in run.cells:
-        for f in c.get("findings") or []:
+        for f in c.findings:
             issue = known.for_finding(c, f)
             tag = f" — known issue `{issue.id}`" if issue else ""
-            items.append(
-                f"- `{_cell_text(c.get('id'))}` {_cell_text(f.get('kind'))}: "
-                f"{_cell_text(f.get('title'))}{tag}"
-            )
+            what = f"{_cell_text(f.kind)}: {_cell_text(f.title)}"
+            items.append(f"- `{_cell_text(c.id)}` {what}{tag}")
     if not items:
         return []
     return ["### Kernel-log findings", "", *_capped(items)]
@@ -131,24 +129,24 @@ def _baseline(c: Comparison) -> list[str]:
 
 def render(run: Run, known: KnownIssues | None = None, comparison: Comparison | None = None) -> str:
     known = known or KnownIssues()
-    meta: dict[str, Any] = run.meta
+    meta = run.meta
     totals: dict[str, int] = {}
     for r in run.results:
-        totals[str(r.get("outcome"))] = totals.get(str(r.get("outcome")), 0) + 1
+        totals[str(r.outcome)] = totals.get(str(r.outcome), 0) + 1
     statuses = [display_status(c, run, known) for c in run.cells]
     worst = next((s for s in ("fail", "error", "xpass") if s in statuses), "pass")
     title = (
-        f"## {ICON.get(worst, '')} kmatrix: {meta.get('matrix_name') or 'run'} — "
+        f"## {ICON.get(worst, '')} kmatrix: {meta.matrix_name or 'run'} — "
         f"{len(run.cells)} cells, {len(run.results)} tests"
     )
     facts = [
         ", ".join(f"{n} {o}" for o, n in sorted(totals.items())),
-        f"started {meta.get('started', '?')}",
-        f"QEMU {meta.get('qemu', '?')}",
-        "accel " + (", ".join(meta.get("accelerators") or []) or "?"),
+        f"started {meta.started or '?'}",
+        f"QEMU {meta.qemu or '?'}",
+        "accel " + (", ".join(meta.accelerators) or "?"),
     ]
     lines = [title, "", " · ".join(facts), ""]
-    if meta.get("interrupted"):
+    if meta.interrupted:
         lines += ["> **This run was interrupted**: cells not listed did not run.", ""]
     lines += _matrix(run, known)
     for part in (

@@ -87,7 +87,7 @@ def write_reports(
                 print(f"kmatrix: {name} failed: {detail.strip()}", file=sys.stderr)
             return None
 
-    known_path = options.known_issues or default_known_issues(run.meta.get("matrix"))
+    known_path = options.known_issues or default_known_issues(run.meta.matrix)
     known = attempt("known-issues", lambda: load_known_issues(known_path))
     known = known if isinstance(known, KnownIssues) else KnownIssues()
     baseline: Run | None = None

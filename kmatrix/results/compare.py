@@ -34,8 +34,9 @@ from kmatrix.results.runs import (
     is_failing,
     metric_label,
     metric_values,
-    short_name,
+    result_name,
 )
+from kmatrix.results.schema import CellResult, Outcome, TestResult
 
 ALPHA = 0.05
 MIN_CHANGE = 0.05
@@ -133,8 +134,8 @@ class TestVerdict:
     nodeid: str
     name: str
     verdict: str  # one of TEST_VERDICTS
-    base: list[str]  # outcome per BASE run that had the test
-    new: list[str]  # outcome per NEW run that had the test
+    base: list[Outcome]  # outcome per BASE run that had the test
+    new: list[Outcome]  # outcome per NEW run that had the test
     message: str = ""
     known_issue: str = ""
     flaky: bool = False
@@ -211,30 +212,28 @@ class Comparison:
         }
 
 
-def _outcomes(runs: Sequence[Run]) -> dict[tuple[str, str], list[str]]:
-    out: dict[tuple[str, str], list[str]] = {}
+def _outcomes(runs: Sequence[Run]) -> dict[tuple[str, str], list[Outcome]]:
+    out: dict[tuple[str, str], list[Outcome]] = {}
     for run in runs:
         for r in run.results:
-            out.setdefault((str(r.get("cell")), str(r.get("nodeid"))), []).append(
-                str(r.get("outcome"))
-            )
+            out.setdefault((r.cell, r.nodeid), []).append(r.outcome)
     return out
 
 
-def _latest_record(runs: Sequence[Run], key: tuple[str, str]) -> dict[str, Any]:
+def _latest_record(runs: Sequence[Run], key: tuple[str, str]) -> TestResult | None:
     for run in reversed(runs):
         for r in run.results:
-            if (r.get("cell"), r.get("nodeid")) == key:
+            if (r.cell, r.nodeid) == key:
                 return r
-    return {}
+    return None
 
 
-def _latest_cell(runs: Sequence[Run], cell_id: str) -> dict[str, Any]:
+def _latest_cell(runs: Sequence[Run], cell_id: str) -> CellResult:
     for run in reversed(runs):
         c = run.cell(cell_id)
         if c is not None:
             return c
-    return {"id": cell_id}
+    return CellResult.unknown(cell_id)
 
 
 def compare_tests(
@@ -262,24 +261,26 @@ def compare_tests(
         rec = _latest_record(new, key) if no else _latest_record(base, key)
         issue = None
         if n_fail:
-            failing = next(
+            rec = next(
                 (
                     r
                     for run in reversed(new)
                     for r in run.results
-                    if (r.get("cell"), r.get("nodeid")) == key and is_failing(str(r.get("outcome")))
+                    if (r.cell, r.nodeid) == key and r.outcome.failing
                 ),
                 rec,
             )
-            rec = failing
-            issue = known.for_failure(_latest_cell(new, key[0]), failing)
+            if rec is not None:
+                issue = known.for_failure(_latest_cell(new, key[0]), rec)
             if issue is not None and verdict == "new_failure":
                 verdict = "known"
+        # Every key comes from some run's results, so rec is always found.
+        assert rec is not None
         verdicts.append(
             TestVerdict(
                 cell=key[0],
                 nodeid=key[1],
-                name=short_name(rec or {"nodeid": key[1], "cell": key[0]}),
+                name=result_name(rec),
                 verdict=verdict,
                 base=bo,
                 new=no,
@@ -345,8 +346,8 @@ def compare_runs(
     alpha: float = ALPHA,
     min_change: float = MIN_CHANGE,
 ) -> Comparison:
-    notes = [f"NEW run was interrupted: {r.label}" for r in new if r.meta.get("interrupted")]
-    notes += [f"BASE run was interrupted: {r.label}" for r in base if r.meta.get("interrupted")]
+    notes = [f"NEW run was interrupted: {r.label}" for r in new if r.meta.interrupted]
+    notes += [f"BASE run was interrupted: {r.label}" for r in base if r.meta.interrupted]
     return Comparison(
         base_runs=[str(r.path) for r in base],
         new_runs=[str(r.path) for r in new],

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kmatrix.config.yamlnode import NodeReader, compose_file
-from kmatrix.results.runs import failure_text, is_failing
+from kmatrix.results.runs import failure_text
+from kmatrix.results.schema import CellResult, FindingRecord, TestResult
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 # The keys of a known-issues file and of each issue (documented in docs/matrix.md).
@@ -49,17 +49,16 @@ class KnownIssue:
     comment: str = ""
     origin: str = ""  # file:line
 
-    def applies(self, cell: dict[str, Any]) -> bool:
-        if self.cells and not any(fnmatch.fnmatchcase(str(cell.get("id")), g) for g in self.cells):
+    def applies(self, cell: CellResult) -> bool:
+        if self.cells and not any(fnmatch.fnmatchcase(cell.id, g) for g in self.cells):
             return False
-        names = (str(cell.get("kernel") or ""), str(cell.get("kernel_release") or ""))
+        names = (cell.kernel, cell.kernel_release)
         return not self.kernels or any(
             fnmatch.fnmatchcase(n, g) for n in names if n for g in self.kernels
         )
 
-    def applies_to_test(self, rec: dict[str, Any]) -> bool:
-        nodeid = str(rec.get("nodeid") or "")
-        return not self.tests or any(fnmatch.fnmatchcase(nodeid, g) for g in self.tests)
+    def applies_to_test(self, rec: TestResult) -> bool:
+        return not self.tests or any(fnmatch.fnmatchcase(rec.nodeid, g) for g in self.tests)
 
     def matches_title(self, title: str) -> bool:
         return self.title.search(title) is not None
@@ -84,22 +83,22 @@ class KnownIssues:
     def __bool__(self) -> bool:
         return bool(self.issues)
 
-    def for_finding(self, cell: dict[str, Any], finding: dict[str, Any]) -> KnownIssue | None:
-        title = str(finding.get("title") or "")
-        return next((i for i in self.issues if i.applies(cell) and i.matches_title(title)), None)
+    def for_finding(self, cell: CellResult, finding: FindingRecord) -> KnownIssue | None:
+        return next(
+            (i for i in self.issues if i.applies(cell) and i.matches_title(finding.title)), None
+        )
 
-    def for_failure(self, cell: dict[str, Any], rec: dict[str, Any]) -> KnownIssue | None:
-        if not is_failing(str(rec.get("outcome"))):
+    def for_failure(self, cell: CellResult, rec: TestResult) -> KnownIssue | None:
+        if not rec.outcome.failing:
             return None
         text = failure_text(rec)
-        findings: Sequence[dict[str, Any]] = cell.get("findings") or []
         for issue in self.issues:
             if not (issue.applies(cell) and issue.applies_to_test(rec)):
                 continue
             if issue.title.search(text):
                 return issue
-            for f in findings:
-                title = str(f.get("title") or "")
+            for f in cell.findings:
+                title = f.title
                 if title and issue.matches_title(title) and title in text:
                     return issue
         return None

@@ -16,6 +16,7 @@ shard was interrupted, or a report failed); 2 refused (bad input), nothing writt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import shutil
 import uuid
@@ -23,16 +24,23 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kmatrix.errors import InputError
-from kmatrix.results.runs import FAILING, Run, load_runs, write_json_atomic
+from kmatrix.results.runs import Run, load_runs, write_run
+from kmatrix.results.schema import (
+    CellResult,
+    MergeInfo,
+    Outcome,
+    RunDocument,
+    ShardInfo,
+    TestResult,
+)
 
 
 @dataclass
 class MergeResult:
     out: Path
-    doc: dict[str, Any]
+    doc: RunDocument
     runs: list[Run]
     missing_cells: list[str] = field(default_factory=list)  # planned, no result at all
     incomplete_cells: dict[str, str] = field(default_factory=dict)  # cell -> "4 of 6 tests"
@@ -44,7 +52,7 @@ class MergeResult:
 
     @property
     def failing(self) -> int:
-        return sum(1 for x in self.doc.get("results", []) if x.get("outcome") in FAILING)
+        return sum(1 for x in self.doc.results if x.outcome.failing)
 
     @property
     def complete(self) -> bool:
@@ -55,23 +63,21 @@ class MergeResult:
 
 
 def _shard_of(run: Run) -> tuple[int, int] | None:
-    spec = run.meta.get("shard")
-    if not isinstance(spec, str) or "/" not in spec:
+    """(I, N) of a shard's run; the schema checked the spec's form."""
+    spec = run.meta.shard
+    if spec is None:
         return None
     a, _, b = spec.partition("/")
-    try:
-        return int(a), int(b)
-    except ValueError:
-        return None
+    return int(a), int(b)
 
 
 def _label(run: Run) -> str:
-    spec = run.meta.get("shard")
+    spec = run.meta.shard
     return f"{run.path} (shard {spec})" if spec else str(run.path)
 
 
-def _parse_time(s: object) -> dt.datetime | None:
-    if not isinstance(s, str) or not s:
+def _parse_time(s: str) -> dt.datetime | None:
+    if not s:
         return None
     try:
         return dt.datetime.fromisoformat(s)
@@ -80,19 +86,19 @@ def _parse_time(s: object) -> dt.datetime | None:
 
 
 def _check_same_matrix(runs: Sequence[Run], notes: list[str]) -> None:
-    digests = {str(r.meta.get("matrix_digest") or "") for r in runs}
-    names = {str(r.meta.get("matrix_name") or "") for r in runs}
+    digests = {r.meta.matrix_digest for r in runs}
+    names = {r.meta.matrix_name for r in runs}
     if len(digests - {""}) > 1 or len(names) > 1:
         lines = [
-            f"  {r.path}: matrix {r.meta.get('matrix_name')!r} "
-            f"({r.meta.get('matrix')}), digest {r.meta.get('matrix_digest') or 'none'}"
+            f"  {r.path}: matrix {r.meta.matrix_name!r} "
+            f"({r.meta.matrix}), digest {r.meta.matrix_digest or 'none'}"
             for r in runs
         ]
         raise InputError(
             "merge: refusing to merge runs of different matrices:\n" + "\n".join(lines)
         )
     if "" in digests:
-        old = [str(r.path) for r in runs if not r.meta.get("matrix_digest")]
+        old = [str(r.path) for r in runs if not r.meta.matrix_digest]
         notes.append(
             "matched by matrix name only (no matrix digest recorded in " + ", ".join(old) + ")"
         )
@@ -103,7 +109,7 @@ def _check_shards(runs: Sequence[Run]) -> list[int]:
     shards = [(r, _shard_of(r)) for r in runs]
     totals = {s[1] for _, s in shards if s is not None}
     if len(totals) > 1:
-        specs = ", ".join(f"{r.path}: {r.meta.get('shard')}" for r, _ in shards)
+        specs = ", ".join(f"{r.path}: {r.meta.shard}" for r, _ in shards)
         raise InputError(f"merge: shards of different splits (N differs): {specs}")
     seen: dict[int, Run] = {}
     for r, s in shards:
@@ -123,7 +129,7 @@ def _check_shards(runs: Sequence[Run]) -> list[int]:
 def _check_duplicates(runs: Sequence[Run]) -> None:
     where: dict[str, list[str]] = {}
     for r in runs:
-        ids = {str(c.get("id")) for c in r.cells} | {str(x.get("cell")) for x in r.results}
+        ids = {c.id for c in r.cells} | {x.cell for x in r.results}
         for cid in sorted(ids):
             where.setdefault(cid, []).append(_label(r))
     dup = {cid: places for cid, places in where.items() if len(places) > 1}
@@ -136,16 +142,17 @@ def _check_duplicates(runs: Sequence[Run]) -> None:
     nodeids: dict[str, str] = {}
     for r in runs:
         for x in r.results:
-            n = str(x.get("nodeid"))
-            if n in nodeids:
-                raise InputError(f"merge: test {n} is in {nodeids[n]} and {_label(r)}")
-            nodeids[n] = _label(r)
+            if x.nodeid in nodeids:
+                raise InputError(
+                    f"merge: test {x.nodeid} is in {nodeids[x.nodeid]} and {_label(r)}"
+                )
+            nodeids[x.nodeid] = _label(r)
 
 
-def _exitstatus(codes: Sequence[object]) -> int | None:
+def _exitstatus(codes: Sequence[int | None]) -> int | None:
     """The merged pytest exit status: internal/usage/interrupt errors first, then test
     failures; 'no tests' (5) only if no shard ran any."""
-    ints = [c for c in codes if isinstance(c, int)]
+    ints = [c for c in codes if c is not None]
     if not ints:
         return None
     for worst in (3, 4, 2, 1):
@@ -172,91 +179,90 @@ def merge_runs(out: Path, inputs: Sequence[Path]) -> MergeResult:
     _check_duplicates(runs)
 
     metas = [r.meta for r in runs]
-    matrix_cells: list[str] = next(
-        ([str(c) for c in m["matrix_cells"]] for m in metas if m.get("matrix_cells")), []
-    )
+    matrix_cells = next((m.matrix_cells for m in metas if m.matrix_cells), [])
     planned: dict[str, int] = {}
     for m in metas:
-        p = m.get("planned_cells")
-        if isinstance(p, dict):
-            planned.update({str(k): int(v) for k, v in p.items()})
-        elif isinstance(p, list):  # an older plan: cell ids only
-            planned.update({str(k): 0 for k in p})
+        planned.update(m.planned_cells)
     order = {cid: i for i, cid in enumerate(dict.fromkeys([*matrix_cells, *planned]))}
 
-    cells: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
+    cells: list[CellResult] = []
+    results: list[TestResult] = []
     for r in runs:
         cells += r.cells
         results += r.results
-    cells.sort(key=lambda c: order.get(str(c.get("id")), len(order)))
+    cells.sort(key=lambda c: order.get(c.id, len(order)))
     position = {id(x): i for i, x in enumerate(results)}
-    results.sort(key=lambda x: (order.get(str(x.get("cell")), len(order)), position[id(x)]))
+    results.sort(key=lambda x: (order.get(x.cell, len(order)), position[id(x)]))
 
     counts: dict[str, int] = {}
     for x in results:
-        counts[str(x.get("cell"))] = counts.get(str(x.get("cell")), 0) + 1
-    res = MergeResult(out=out, doc={}, runs=runs, missing_shards=missing_shards, notes=notes)
+        counts[x.cell] = counts.get(x.cell, 0) + 1
+    missing_cells: list[str] = []
+    incomplete_cells: dict[str, str] = {}
     for cid, n in planned.items():
         got = counts.get(cid, 0)
         if got == 0:
-            res.missing_cells.append(cid)
+            missing_cells.append(cid)
         elif n and got < n:
-            res.incomplete_cells[cid] = f"{got} of {n} tests have results"
-    if planned and matrix_cells:
-        res.unassigned_cells = [c for c in matrix_cells if c not in planned]
-    res.interrupted = [_label(r) for r in runs if r.meta.get("interrupted")]
+            incomplete_cells[cid] = f"{got} of {n} tests have results"
+    unassigned = [c for c in matrix_cells if c not in planned] if planned and matrix_cells else []
+    interrupted = [_label(r) for r in runs if r.meta.interrupted]
 
-    starts = [t for m in metas if (t := _parse_time(m.get("started")))]
-    ends = [t for m in metas if (t := _parse_time(m.get("finished")))]
-    meta = dict(metas[0])
-    meta.update(
+    starts = [t for m in metas if (t := _parse_time(m.started))]
+    ends = [t for m in metas if (t := _parse_time(m.finished))]
+    meta = dataclasses.replace(
+        metas[0],
         id=str(uuid.uuid4()),
         started=min(starts).isoformat(timespec="seconds") if starts else "",
         finished=max(ends).isoformat(timespec="seconds") if ends else "",
-        duration=round((max(ends) - min(starts)).total_seconds(), 3) if starts and ends else 0,
-        interrupted=bool(res.interrupted),
-        exitstatus=_exitstatus([m.get("exitstatus") for m in metas]),
-        accelerators=sorted({a for m in metas for a in (m.get("accelerators") or [])}),
-        host=", ".join(dict.fromkeys(str(m.get("host") or "") for m in metas if m.get("host"))),
+        duration=round((max(ends) - min(starts)).total_seconds(), 3) if starts and ends else 0.0,
+        interrupted=bool(interrupted),
+        exitstatus=_exitstatus([m.exitstatus for m in metas]),
+        accelerators=sorted({a for m in metas for a in m.accelerators}),
+        host=", ".join(dict.fromkeys(m.host for m in metas if m.host)),
         shard=None,
         planned_cells=planned,
         shards=[
-            {
-                "path": str(r.path),
-                "shard": r.meta.get("shard"),
-                "run_id": r.meta.get("id"),
-                "host": r.meta.get("host"),
-                "started": r.meta.get("started"),
-                "duration": r.meta.get("duration"),
-                "exitstatus": r.meta.get("exitstatus"),
-                "interrupted": r.meta.get("interrupted"),
-                "cells": [c.get("id") for c in r.cells],
-            }
+            ShardInfo(
+                path=str(r.path),
+                shard=r.meta.shard,
+                run_id=r.meta.id,
+                host=r.meta.host,
+                started=r.meta.started,
+                duration=r.meta.duration,
+                exitstatus=r.meta.exitstatus,
+                interrupted=r.meta.interrupted,
+                cells=[c.id for c in r.cells],
+            )
             for r in runs
         ],
-        merge={
-            "missing_cells": res.missing_cells,
-            "incomplete_cells": res.incomplete_cells,
-            "missing_shards": res.missing_shards,
-            "unassigned_cells": res.unassigned_cells if res.missing_shards else [],
-        },
+        merge=MergeInfo(
+            missing_cells=missing_cells,
+            incomplete_cells=incomplete_cells,
+            missing_shards=missing_shards,
+            unassigned_cells=unassigned if missing_shards else [],
+        ),
     )
-    res.doc = {
-        "schema": runs[0].data.get("schema"),
-        "run": meta,
-        "cells": cells,
-        "results": results,
-    }
+    res = MergeResult(
+        out=out,
+        doc=RunDocument(run=meta, cells=cells, results=results),
+        runs=runs,
+        missing_cells=missing_cells,
+        incomplete_cells=incomplete_cells,
+        missing_shards=missing_shards,
+        unassigned_cells=unassigned,
+        interrupted=interrupted,
+        notes=notes,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     for r in runs:
         for c in r.cells:
-            slug = str(c.get("id")).replace("/", "__")
+            slug = c.id.replace("/", "__")
             src = r.dir / "cells" / slug
             if src.is_dir():
                 shutil.copytree(src, out / "cells" / slug, dirs_exist_ok=True)
-    write_json_atomic(out / "results.json", res.doc)
+    write_run(out / "results.json", res.doc)
     _merge_pytest_junit(runs, out)
     return res
 
@@ -279,16 +285,15 @@ def _merge_pytest_junit(runs: Sequence[Run], out: Path) -> None:
 
 
 def summary(res: MergeResult) -> str:
-    meta = res.doc["run"]
-    outcomes: dict[str, int] = {}
-    for x in res.doc["results"]:
-        o = str(x.get("outcome"))
-        outcomes[o] = outcomes.get(o, 0) + 1
-    specs = [str(r.meta.get("shard") or r.path) for r in res.runs]
+    meta = res.doc.run
+    outcomes: dict[Outcome, int] = {}
+    for x in res.doc.results:
+        outcomes[x.outcome] = outcomes.get(x.outcome, 0) + 1
+    specs = [str(r.meta.shard or r.path) for r in res.runs]
     lines = [
         f"kmatrix merge: {len(res.runs)} input(s) ({', '.join(specs)}) of matrix "
-        f"{meta.get('matrix_name')!r}: {len(res.doc['cells'])} cells, "
-        f"{len(res.doc['results'])} results ("
+        f"{meta.matrix_name!r}: {len(res.doc.cells)} cells, "
+        f"{len(res.doc.results)} results ("
         + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
         + f") -> {res.out / 'results.json'}"
     ]

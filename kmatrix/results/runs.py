@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kmatrix.errors import InputError
+from kmatrix.results.schema import (
+    CellResult,
+    Outcome,
+    RunDocument,
+    RunInfo,
+    TestResult,
+    dumps,
+)
 
-SCHEMA = "kmatrix-results/1"
-FAILING = frozenset({"failed", "error"})
 # Metric key: (cell id, test node id or "" for a cell-level metric, metric name).
 MetricKey = tuple[str, str, str]
 BOOT_METRIC = "boot_seconds"
@@ -24,44 +30,59 @@ BOOT_METRIC = "boot_seconds"
 
 @dataclass
 class Run:
+    """A run's results.json, read (or, for the collector, about to be written)."""
+
     path: Path  # the results.json file
-    data: dict[str, Any]
+    doc: RunDocument
+    _by_cell: dict[str, list[TestResult]] | None = field(default=None, init=False, repr=False)
 
     @property
     def dir(self) -> Path:
         return self.path.parent
 
     @property
-    def meta(self) -> dict[str, Any]:
-        m = self.data.get("run")
-        return m if isinstance(m, dict) else {}
+    def meta(self) -> RunInfo:
+        return self.doc.run
 
     @property
-    def cells(self) -> list[dict[str, Any]]:
-        return [c for c in self.data.get("cells") or [] if isinstance(c, dict)]
+    def cells(self) -> list[CellResult]:
+        return self.doc.cells
 
     @property
-    def results(self) -> list[dict[str, Any]]:
-        return [r for r in self.data.get("results") or [] if isinstance(r, dict)]
+    def results(self) -> list[TestResult]:
+        return self.doc.results
 
-    def cell(self, cell_id: str) -> dict[str, Any] | None:
-        return next((c for c in self.cells if c.get("id") == cell_id), None)
+    def cell(self, cell_id: str) -> CellResult | None:
+        return next((c for c in self.cells if c.id == cell_id), None)
 
-    def results_of(self, cell_id: str) -> list[dict[str, Any]]:
-        return [r for r in self.results if r.get("cell") == cell_id]
+    def results_of(self, cell_id: str) -> list[TestResult]:
+        if self._by_cell is None:
+            self._by_cell = {}
+            for r in self.results:
+                self._by_cell.setdefault(r.cell, []).append(r)
+        return self._by_cell.get(cell_id, [])
 
     @property
     def label(self) -> str:
-        started = self.meta.get("started", "")
+        started = self.meta.started
         return f"{self.dir} ({started})" if started else str(self.dir)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Through a temporary name, so a reader (or a killed run) never sees half a file."""
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_run(path: Path, doc: RunDocument) -> None:
+    """results.json, atomically, in the current schema."""
+    write_text_atomic(path, dumps(doc))
 
 
 def results_path(path: Path) -> Path:
@@ -79,13 +100,9 @@ def load_run(path: Path) -> Run:
         raise InputError(f"{file}: cannot read: {e}") from None
     except ValueError as e:
         raise InputError(f"{file}: not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise InputError(f"{file}: schema: expected {SCHEMA!r}, got {got!r}")
-    for key in ("cells", "results"):
-        if not isinstance(data.get(key), list):
-            raise InputError(f"{file}: {key}: expected a list")
-    return Run(file, data)
+    except RecursionError:
+        raise InputError(f"{file}: not valid JSON: nested too deeply") from None
+    return Run(file, RunDocument.from_json(data, file))
 
 
 def expand_run_paths(path: Path) -> list[Path]:
@@ -106,48 +123,52 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
 # --- derived facts ------------------------------------------------------------------------
 
 
-def short_name(rec: dict[str, Any]) -> str:
+def short_name(nodeid: str, cell: str) -> str:
     """The test's name within its cell: node id without the file and the cell parameter."""
-    nodeid = str(rec.get("nodeid") or rec.get("test") or "")
-    cell = str(rec.get("cell") or "")
     name = nodeid.split("::", 1)[-1]
     return name.replace(f"[{cell}]", "").replace(f"{cell}-", "").replace(f"-{cell}", "")
 
 
-def is_failing(outcome: str) -> bool:
-    return outcome in FAILING
+def result_name(rec: TestResult) -> str:
+    """short_name of a result (its test path when the node id is empty)."""
+    return short_name(rec.nodeid or rec.test, rec.cell)
 
 
-def failure_message(rec: dict[str, Any]) -> str:
+def is_failing(outcome: Outcome) -> bool:
+    return outcome.failing
+
+
+def summarize_failure(message: str, longrepr: str) -> str:
     """One line saying why a test failed: pytest's first "E   " line when the long report has
     one (the assertion, even when the plugin rewrote the report as plain text), else the
-    recorded message, else the report's first line."""
-    longrepr = str(rec.get("longrepr") or "")
+    message, else the report's first line."""
     for ln in longrepr.splitlines():
         if ln.startswith("E   ") and ln[1:].strip():
             return ln[1:].strip()[:500]
-    for text in (str(rec.get("message") or ""), longrepr):
+    for text in (message, longrepr):
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         if first:
             return first[:500]
     return ""
 
 
-def failure_text(rec: dict[str, Any]) -> str:
-    return f"{rec.get('message') or ''}\n{rec.get('longrepr') or ''}"
+def failure_message(rec: TestResult) -> str:
+    return summarize_failure(rec.message, rec.longrepr)
+
+
+def failure_text(rec: TestResult) -> str:
+    return f"{rec.message}\n{rec.longrepr}"
 
 
 def metric_values(run: Run) -> dict[MetricKey, float]:
     """Every number a run measured: the boot time of each cell and each test's metrics."""
     out: dict[MetricKey, float] = {}
     for c in run.cells:
-        v = (c.get("boot") or {}).get(BOOT_METRIC)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[(str(c.get("id")), "", BOOT_METRIC)] = float(v)
+        if c.boot.boot_seconds is not None:
+            out[(c.id, "", BOOT_METRIC)] = float(c.boot.boot_seconds)
     for r in run.results:
-        for name, v in (r.get("metrics") or {}).items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[(str(r.get("cell")), str(r.get("nodeid")), str(name))] = float(v)
+        for name, v in r.metrics.items():
+            out[(r.cell, r.nodeid, name)] = float(v)
     return out
 
 
@@ -155,7 +176,7 @@ def metric_label(key: MetricKey) -> str:
     cell, nodeid, name = key
     if not nodeid:
         return name
-    return f"{short_name({'nodeid': nodeid, 'cell': cell})}.{name}"
+    return f"{short_name(nodeid, cell)}.{name}"
 
 
 def ordered_unique(items: Iterable[str]) -> list[str]:
@@ -165,10 +186,10 @@ def ordered_unique(items: Iterable[str]) -> list[str]:
 def layout(run: Run) -> tuple[list[str], list[tuple[str, str]]]:
     """Rows (kernels) and columns ((cpu, device)) in the order the run met them; columns are
     grouped by CPU so one CPU's device profiles sit side by side."""
-    kernels = ordered_unique(str(c.get("kernel")) for c in run.cells)
-    cpus = ordered_unique(str(c.get("cpu")) for c in run.cells)
-    devices = ordered_unique(str(c.get("device")) for c in run.cells)
-    present = {(str(c.get("cpu")), str(c.get("device"))) for c in run.cells}
+    kernels = ordered_unique(c.kernel for c in run.cells)
+    cpus = ordered_unique(c.cpu for c in run.cells)
+    devices = ordered_unique(c.device for c in run.cells)
+    present = {(c.cpu, c.device) for c in run.cells}
     cols = [(cpu, dev) for cpu in cpus for dev in devices if (cpu, dev) in present]
     return kernels, cols
 
@@ -184,11 +205,11 @@ def cap_text(text: str, limit: int) -> str:
     return f"{text[:head]}\n[... kmatrix: {cut} characters truncated ...]\n{text[-tail:]}"
 
 
-def read_artifact(run: Run, cell: dict[str, Any], name: str, limit: int) -> str | None:
-    rel = (cell.get("artifacts") or {}).get(name)
+def read_artifact(run: Run, cell: CellResult, name: str, limit: int) -> str | None:
+    rel = cell.artifacts.get(name)
     if not rel:
         return None
     try:
-        return cap_text((run.dir / str(rel)).read_text(errors="replace"), limit)
+        return cap_text((run.dir / rel).read_text(errors="replace"), limit)
     except OSError:
         return None

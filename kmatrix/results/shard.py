@@ -6,20 +6,17 @@ running `--kmatrix-shard I/N` cover each cell exactly once with no coordination.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from kmatrix.errors import InputError
-
-_SPEC = re.compile(r"^(\d+)/(\d+)$")
+from kmatrix.results.runs import load_run
+from kmatrix.results.schema import SHARD_SPEC, TestResult
 
 
 def parse_spec(spec: str) -> tuple[int, int]:
     """'2/3' -> (2, 3); shards are numbered from 1."""
-    m = _SPEC.match(spec.strip())
+    m = SHARD_SPEC.match(spec.strip())
     if not m:
         raise InputError(f"--kmatrix-shard {spec!r}: expected I/N, e.g. 1/3")
     index, total = int(m.group(1)), int(m.group(2))
@@ -41,34 +38,26 @@ def assign(cells: Sequence[str], weights: Mapping[str, float], total: int) -> di
     return out
 
 
-def _results(path: Path) -> list[dict[str, Any]]:
-    """The results of an earlier results.json, each checked for what the weights use."""
+def _results(path: Path) -> list[TestResult]:
+    """The results of an earlier results.json."""
     try:
-        results = json.loads(path.read_text()).get("results", [])
-        return [
-            {
-                "cell": str(r["cell"]),
-                "nodeid": str(r.get("nodeid", "")),
-                "duration": float(r.get("duration", 0.0)),
-            }
-            for r in results
-        ]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise InputError(f"{path}: cannot read durations: {e!r}") from None
+        return load_run(path).results
+    except InputError as e:
+        raise InputError(f"cannot read durations: {e}") from None
 
 
 def durations_from(path: Path) -> dict[str, float]:
     """Per-cell durations from an earlier results.json (sum of its tests' durations)."""
     out: dict[str, float] = {}
     for r in _results(path):
-        out[r["cell"]] = out.get(r["cell"], 0.0) + r["duration"]
+        out[r.cell] = out.get(r.cell, 0.0) + r.duration
     return out
 
 
 def durations_by_test(path: Path) -> dict[str, float]:
     """Per-test durations (node id -> seconds, set-up to teardown, so a cell's boot counts in
     its first test and its poweroff in its last) from an earlier results.json."""
-    return {r["nodeid"]: r["duration"] for r in _results(path) if r["nodeid"]}
+    return {r.nodeid: r.duration for r in _results(path) if r.nodeid}
 
 
 def longest_first(units: Mapping[str, Sequence[str]], durations: Mapping[str, float]) -> list[str]:
