@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -407,3 +408,42 @@ def test_cell_files_read_typed_and_a_broken_one_is_ignored_with_a_warning(
     assert capsys.readouterr().err == (
         f"kmatrix: {findings}: ignored: {findings}: [0]: missing key 'title'\n"
     )
+
+
+# --- the reference page cannot drift ------------------------------------------------------------
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "results-schema.md"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    """The rows (cells stripped of backticks) of the first table after the line with marker."""
+    lines = PAGE.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if marker in ln)
+    rows, seen = [], False
+    for ln in lines[start + 1 :]:
+        if ln.startswith("|"):
+            seen = True
+            rows.append([c.strip().strip("`") for c in ln.strip("|").split("|")])
+        elif seen:
+            break
+    return rows[2:]  # past the header and the |---| line
+
+
+@pytest.mark.parametrize(
+    "record",
+    [RunInfo, ShardInfo, MergeInfo, CellResult, BootRecord, FindingRecord, TestResult],
+)
+def test_reference_page_lists_every_field_in_order(record: type) -> None:
+    rows = _table_after(f"({record.__name__}")
+    assert [r[0] for r in rows] == [f.name for f in dataclasses.fields(record)]
+    for row, f in zip(rows, dataclasses.fields(record), strict=True):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        assert (row[2] == "*required*") == required, row
+
+
+def test_reference_page_lists_every_outcome() -> None:
+    rows = _table_after("### Outcomes")
+    assert rows == [
+        [o.value, o.status.value, "yes" if o.failing else "no", o.junit or "testcase", o.kcidb]
+        for o in Outcome
+    ]
