@@ -16,8 +16,9 @@ import math
 import platform
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +40,7 @@ from kmatrix.results.schema import (
 from kmatrix.vm.accel import qemu_version
 
 METRIC_PREFIX = "metric."
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -69,7 +71,7 @@ def _metric(value: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def read_cell_file(path: Path, read: Any, default: Any) -> Any:
+def read_cell_file(path: Path, read: Callable[[object, Path], T], default: T) -> T:
     """A per-cell file the worker left (boot.json, findings.json), typed; default when it is
     missing (the cell never booted) and, with a warning, when it cannot be read."""
     try:
@@ -229,7 +231,7 @@ class ResultsCollector:
         cell = self.cells_by_id[cell_id]
         d = self.cell_dir(cell)
         boot = read_cell_file(d / "boot.json", BootRecord.from_json, BootRecord())
-        findings = read_cell_file(d / "findings.json", read_findings, [])
+        findings: list[FindingRecord] = read_cell_file(d / "findings.json", read_findings, [])
         outcomes = [r.outcome for r in self.records.values() if r.cell == cell_id]
         artifacts = {
             name: str((d / fname).relative_to(self.reports))

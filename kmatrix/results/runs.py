@@ -1,4 +1,5 @@
-"""Reading finished (or interrupted) runs back from results.json, for reports and compare.
+"""Reading finished (or interrupted) runs back from results.json, for reports and compare,
+and writing them: always through the typed document of kmatrix.results.schema.
 
 Every report is generated from results.json alone (plus the log files it names), so a report
 can be regenerated at any time, from an interrupted run or one copied off a CI job.
@@ -56,6 +57,7 @@ class Run:
         return next((c for c in self.cells if c.id == cell_id), None)
 
     def results_of(self, cell_id: str) -> list[TestResult]:
+        """The cell's results (indexed on first use: a Run is read, not edited)."""
         if self._by_cell is None:
             self._by_cell = {}
             for r in self.results:
@@ -74,6 +76,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Through a temporary name, so a reader (or a killed run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
