@@ -400,11 +400,12 @@ def test_cell_files_read_typed_and_a_broken_one_is_ignored_with_a_warning(
     )
     findings = tmp_path / "findings.json"
     findings.write_text(json.dumps([warn_finding().to_json()]))
-    assert read_cell_file(findings, read_findings, []) == [warn_finding()]
-    assert read_cell_file(tmp_path / "none.json", read_findings, []) == []
+    none: list[FindingRecord] = []
+    assert read_cell_file(findings, read_findings, none) == [warn_finding()]
+    assert read_cell_file(tmp_path / "none.json", read_findings, none) == []
     assert capsys.readouterr().err == ""
     findings.write_text('[{"kind": "warning"}]')
-    assert read_cell_file(findings, read_findings, []) == []
+    assert read_cell_file(findings, read_findings, none) == []
     assert capsys.readouterr().err == (
         f"kmatrix: {findings}: ignored: {findings}: [0]: missing key 'title'\n"
     )

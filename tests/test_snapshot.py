@@ -18,10 +18,11 @@ import pytest
 from conftest import DATA, ROOT, qemu_pids, run_kmatrix_pytest
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import VMError
-from kmatrix.guest.guest import BootRecord, Guest
+from kmatrix.guest.guest import Guest
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.pytest.collection import _plan_snapshots
 from kmatrix.pytest.stash import POOL_KEY
+from kmatrix.results.schema import BootRecord
 from kmatrix.vm import snapshot
 from kmatrix.vm.console import ConsoleRecorder
 
