@@ -109,7 +109,11 @@ def _call_forwarding_signals(argv: list[str]) -> int:
     the run (and its QEMUs) instead of orphaning it."""
     child = subprocess.Popen(argv)
 
+    stopping = False
+
     def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
         # The guests go at once; pytest still unwinds and writes the interrupted run's results.
@@ -119,7 +123,12 @@ def _call_forwarding_signals(argv: list[str]) -> int:
     try:
         while True:
             try:
-                return child.wait()
+                return child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if stopping:
+                    # A worker may have started a guest just after the signal: no new guest
+                    # outlives the stop for more than half a second.
+                    kill_all(descendants=True)
             except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for pytest
                 continue
     finally:
