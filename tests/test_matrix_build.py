@@ -151,8 +151,8 @@ def test_expectations_per_cell_and_test(tmp_path: Path) -> None:
         (
             "      make_vars:",
             "      mak_vars:",
-            r":12: kernels\[1\].build.mak_vars: unknown key \(valid keys: config, fragments, "
-            r"make_vars, patches, ref, skip, source\)",
+            r":12: kernels\[1\].build.mak_vars: unknown key \(valid keys: baseline, config, "
+            r"fragments, make_vars, patches, ref, skip, source\)",
         ),
         (
             "    deb: linux-image",

@@ -21,6 +21,7 @@ from kmatrix.results.schema import (
     SCHEMA,
     SCHEMA_V1,
     BootRecord,
+    CellAttribution,
     CellResult,
     CellStatus,
     FindingRecord,
@@ -29,6 +30,7 @@ from kmatrix.results.schema import (
     RunDocument,
     RunInfo,
     ShardInfo,
+    TestAttribution,
     TestResult,
     cell_status,
     dumps,
@@ -432,10 +434,14 @@ def _table_after(marker: str) -> list[list[str]]:
 
 @pytest.mark.parametrize(
     "record",
-    [RunInfo, ShardInfo, MergeInfo, CellResult, BootRecord, FindingRecord, TestResult],
-)
+    [
+        RunInfo, ShardInfo, MergeInfo, CellResult, BootRecord, FindingRecord, TestResult,
+        TestAttribution, CellAttribution,
+    ],
+)  # fmt: skip
 def test_reference_page_lists_every_field_in_order(record: type) -> None:
-    rows = _table_after(f"({record.__name__}")
+    marker = {TestAttribution: "(TestAttribution)", CellAttribution: "(CellAttribution)"}
+    rows = _table_after(marker.get(record, f"({record.__name__}"))
     assert [r[0] for r in rows] == [f.name for f in dataclasses.fields(record)]
     for row, f in zip(rows, dataclasses.fields(record), strict=True):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -463,6 +463,22 @@ def cached_build(spec: BuildSpec) -> BuiltKernel | None:
     return _from_dir(dest, key, source, spec, cached=True) if _complete(dest) else None
 
 
+def recorded_failure(spec: BuildSpec) -> str | None:
+    """The first error of an earlier failed build of exactly these inputs (the same build
+    key, so the same source, patches, config and toolchain), if one is on record in
+    builds/failed/; None otherwise. Fetches, unpacks and compiles nothing."""
+    source = cached_source(spec.source, spec.ref)
+    if source is None:
+        return None
+    series = load_series(spec.patches) if spec.patches is not None else None
+    key = build_key(spec, source, series, toolchain_id(spec.make_vars))
+    try:
+        info = json.loads((cache_root() / "builds" / "failed" / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(info.get("error") or "the build failed") if isinstance(info, dict) else None
+
+
 def build_kernel(spec: BuildSpec, origin: str = "", quiet: bool = False) -> BuiltKernel:
     """The kernel built from spec: from the cache, or built now (once, under a lock)."""
     where = f"{origin}: " if origin else ""

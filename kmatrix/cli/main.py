@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages
 from kmatrix.kernels import load_matrix
 from kmatrix.resources import data_dir
+from kmatrix.results.compare import render_text
 from kmatrix.vm.machine import kill_all
 
 
@@ -45,6 +47,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{c.id:<{width}}  {k.source}:{k.location}  cpu={c.cpu.model} smp={c.smp} "
             f"mem={c.memory}M machine={c.device.machine}"
             + (f"  expect={e.outcome}" if (e := c.expected("*")) else "")
+            + (f"  baseline of {c.baseline_of} ({k.baseline_label})" if k.baseline_of else "")
         )
     return 0
 
@@ -59,6 +62,16 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
             one = argparse.Namespace(**{**vars(args), "repeat": 1})
             one.reports = str(Path(args.reports) / f"repeat-{i}")
             rc = max(rc, cmd_run(one, extra))
+        if any(k.baseline for k in matrix.kernels):
+            # The repeats give the statistics their samples: each patched cell's metrics
+            # against its baseline's, as `kmatrix compare --series REPORTS` prints them.
+            with contextlib.suppress(KmatrixError):
+                c = report_cli.series_comparison([Path(args.reports)])
+                print("kmatrix run: patched cells against their baselines")
+                sys.stdout.write(render_text(c))
+                (Path(args.reports) / "series-compare.json").write_text(
+                    json.dumps(c.to_dict(), indent=1) + "\n"
+                )
         return rc
     reports = Path(args.reports)
     reports.mkdir(parents=True, exist_ok=True)
@@ -199,6 +212,28 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("build", help="build (or find in the cache) the source-built kernels")
     with_matrix(sp)
     sp.add_argument("kernels", nargs="*", help="kernel names (default: all built from source)")
+    sp = sub.add_parser(
+        "bisect",
+        help="find the first patch of a kernel's series after which a cell fails",
+        description="Builds prefixes of the cell's kernel series through the build cache, "
+        "boots each and runs the selected tests R times, git-bisect style (an untestable "
+        "step is skipped). Exit status: 0 a first bad patch was found, 1 none was (nothing "
+        "fails, the good end fails too, or only a range is left), 2 bad input.",
+    )
+    with_matrix(sp)
+    sp.add_argument("cell", help="the cell, e.g. kmx-6.1/Haswell/virtio")
+    sp.add_argument("-k", dest="tests", help="pytest -k expression: the tests to run (all)")
+    sp.add_argument("--runs", type=int, default=3, help="runs of the tests per step (3)")
+    sp.add_argument("--good", help="the known-good end: a patch, or vanilla (the baseline)")
+    sp.add_argument("--reports", type=Path, default=Path("reports"), help="logs go in here")
+    sp.add_argument("--json", type=Path, help="also write the steps and the answer as JSON")
+    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    sp.add_argument(
+        "--retry-failed-builds",
+        action="store_true",
+        help="build again a prefix whose build with the same inputs failed before (by default "
+        "the recorded failure in builds/failed/ is the step's outcome)",
+    )
     sp = sub.add_parser("patches", help="patch series tools")
     psub = sp.add_subparsers(dest="patches_command", required=True)
     pc = psub.add_parser(
@@ -245,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             from kmatrix.cli.build import build_command
 
             return build_command(args.matrix, args.kernels)
+        if args.command == "bisect":
+            from kmatrix.cli.bisect import bisect_command
+
+            return bisect_command(
+                args.matrix, args.cell, args.tests, args.runs, args.reports, args.json,
+                args.good, args.accel, args.retry_failed_builds,
+            )  # fmt: skip
         if args.command == "patches":
             from kmatrix.cli.patches import check_command
 

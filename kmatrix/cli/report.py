@@ -9,7 +9,8 @@ from pathlib import Path
 
 from kmatrix.errors import InputError
 from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
-from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs, render_text
+from kmatrix.results.attribution import series_view
+from kmatrix.results.compare import ALPHA, MIN_CHANGE, Comparison, compare_runs, render_text
 from kmatrix.results.known_issues import load_known_issues
 from kmatrix.results.runs import load_runs
 
@@ -46,6 +47,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help=f"smallest relative change of the median that counts ({MIN_CHANGE})",
     )
     sp.add_argument("--json", type=Path, help="also write the verdicts as JSON")
+    sp.add_argument(
+        "--series",
+        action="store_true",
+        help="compare within the given runs: each patched cell (BASE and NEW both count as "
+        "runs) against its baseline twin, tests and metrics, by the same rules",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -59,6 +66,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.series:
+        return _compare_series([*args.runs, *args.base, *args.new], args)
     base, new = list(args.base), list(args.new)
     if args.runs:
         if len(args.runs) != 2:
@@ -74,6 +83,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     known = load_known_issues(known_path) if known_path else None
     c = compare_runs(base_runs, new_runs, known, args.alpha, args.min_change)
     sys.stdout.write(render_text(c))
+    if args.json:
+        args.json.write_text(json.dumps(c.to_dict(), indent=1) + "\n")
+    return 1 if c.regressions else 0
+
+
+def series_comparison(
+    paths: list[Path], alpha: float = ALPHA, min_change: float = MIN_CHANGE
+) -> Comparison:
+    """Each patched cell of the runs against its baseline twin (tests and metrics)."""
+    if not paths:
+        raise InputError("compare --series: give one or more runs")
+    runs = load_runs(paths)
+    if not any(c.baseline_cell for r in runs for c in r.cells):
+        raise InputError("compare --series: no cell of these runs has a baseline")
+    base = [series_view(r, "baseline") for r in runs]
+    new = [series_view(r, "patched") for r in runs]
+    return compare_runs(base, new, None, alpha, min_change)
+
+
+def _compare_series(paths: list[Path], args: argparse.Namespace) -> int:
+    c = series_comparison(paths, args.alpha, args.min_change)
+    sys.stdout.write("patched cells against their baselines\n" + render_text(c))
     if args.json:
         args.json.write_text(json.dumps(c.to_dict(), indent=1) + "\n")
     return 1 if c.regressions else 0

@@ -20,6 +20,9 @@ class ParsedSource:
     location: str  # a package name or an absolute path
     identity: str = ""  # see KernelSpec.identity
     build: BuildSpec | None = None
+    # The same kernel without (part of) its series, run beside it (see KernelSpec.baseline).
+    baseline: BuildSpec | None = None
+    baseline_label: str = ""
 
 
 class KindParser(Protocol):

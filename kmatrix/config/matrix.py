@@ -20,6 +20,7 @@ import yaml
 from kmatrix.config.kinds import KindParser
 from kmatrix.config.profiles import device_ref
 from kmatrix.config.specs import (
+    BASELINE_SUFFIX,
     Cell,
     CpuSpec,
     Defaults,
@@ -53,7 +54,8 @@ EXPECT_REQUIRED = ("outcome",)
 
 def _kernel(
     r: NodeReader, node: yaml.Node, key: str, kinds: Mapping[str, KindParser]
-) -> KernelSpec:
+) -> tuple[KernelSpec, KernelSpec | None]:
+    """The kernel entry, and its baseline twin when it declares a baseline."""
     m = r.mapping(node, key, (*KERNEL_KEYS[:1], *kinds, *KERNEL_KEYS[1:]), KERNEL_REQUIRED)
     name = r.string(m["name"][1], f"{key}.name", NAME_RE)
     sources = [s for s in kinds if s in m]
@@ -70,7 +72,23 @@ def _kernel(
     config = r.file(m["config"][1], f"{key}.config") if "config" in m else None
     release = r.string(m["release"][1], f"{key}.release") if "release" in m else None
     kargs = r.args(m["kernel_args"][1], f"{key}.kernel_args") if "kernel_args" in m else ()
-    return KernelSpec(
+    origin = f"{r.path}:{node.start_mark.line + 1}"
+    twin = None
+    if parsed.baseline is not None:
+        # Same source, config, fragments, make variables and command line, without (part
+        # of) the series; no declared release (a series may change the version string).
+        twin = KernelSpec(
+            name=name + BASELINE_SUFFIX,
+            source=kind.name,
+            location=parsed.location,
+            identity=parsed.identity,
+            kernel_args=kargs,
+            origin=origin,
+            build=parsed.baseline,
+            baseline_of=name,
+            baseline_label=parsed.baseline_label,
+        )
+    spec = KernelSpec(
         name=name,
         source=kind.name,
         location=parsed.location,
@@ -79,9 +97,12 @@ def _kernel(
         config=config,
         release=release,
         kernel_args=kargs,
-        origin=f"{r.path}:{node.start_mark.line + 1}",
+        origin=origin,
         build=parsed.build,
+        baseline=twin.name if twin is not None else "",
+        baseline_label=parsed.baseline_label,
     )
+    return spec, twin
 
 
 def _cpu(r: NodeReader, node: yaml.Node, key: str) -> CpuSpec:
@@ -171,10 +192,25 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
 
     seen: dict[str, int] = {}
     kernels = []
+    declared: dict[str, tuple[yaml.Node, str]] = {}  # name -> (node, key) as written
+    twins: dict[str, str] = {}  # baseline twin name -> key of the kernel that declared it
     for i, n in enumerate(r.seq(m["kernels"][1], "kernels", nonempty=True)):
-        k = _kernel(r, n, f"kernels[{i}]", kinds)
+        k, twin = _kernel(r, n, f"kernels[{i}]", kinds)
         unique(r, seen, k.name, n, f"kernels[{i}].name")
+        declared[k.name] = (n, f"kernels[{i}].name")
         kernels.append(k)
+        if twin is not None:
+            kernels.append(twin)
+            twins[twin.name] = f"kernels[{i}]"
+    for twin_name, key in twins.items():
+        if twin_name in declared:
+            node, nkey = declared[twin_name]
+            raise r.err(
+                node,
+                nkey,
+                f"{twin_name!r} is the name of the baseline of {key} "
+                f"({twin_name.removesuffix(BASELINE_SUFFIX)!r}); rename this kernel",
+            )
     seen = {}
     cpus = []
     for i, n in enumerate(r.seq(m["cpus"][1], "cpus", nonempty=True)):
@@ -244,13 +280,16 @@ def expand(mat: Matrix) -> tuple[Cell, ...]:
     d = mat.defaults
     out = []
     for k in mat.kernels:
+        # A baseline twin runs on its patched kernel's cells: a rule naming either one
+        # places it (a rule may still name the twin alone, e.g. `kernel: "*+baseline"`).
+        names = (k.name, k.baseline_of) if k.baseline_of else (k.name,)
         for c in mat.cpus:
             for dev in mat.devices:
                 if mat.include and not any(
-                    r.matches(k.name, c.name, dev.name) for r in mat.include
+                    r.matches(n, c.name, dev.name) for r in mat.include for n in names
                 ):
                     continue
-                if any(r.matches(k.name, c.name, dev.name) for r in mat.exclude):
+                if any(r.matches(n, c.name, dev.name) for r in mat.exclude for n in names):
                     continue
                 out.append(
                     Cell(

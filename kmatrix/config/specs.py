@@ -24,6 +24,12 @@ class BuildSpec:
     # Absolute fragment paths, "tree:REL" (a file in the source tree) or inline "CONFIG_X=v".
     fragments: tuple[str, ...] = ()
     make_vars: tuple[tuple[str, str], ...] = ()  # e.g. (("KCFLAGS", "-march=x86-64-v3"),)
+    # What the kernel is compared against in the same run: "vanilla" (no patches) or the
+    # name of a patch of the series (the series through that patch); None: no baseline.
+    baseline: str | None = None
+
+
+BASELINE_SUFFIX = "+baseline"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,12 @@ class KernelSpec:
     kernel_args: tuple[str, ...] = ()
     origin: str = ""  # "file:line" for error messages
     build: BuildSpec | None = None  # set when source == "build"
+    # A kernel with a baseline has a twin, named name + BASELINE_SUFFIX, built the same way
+    # without (part of) its series and run on the same cells: `baseline` names the twin on
+    # the patched kernel, `baseline_of` the patched kernel on the twin.
+    baseline: str = ""
+    baseline_of: str = ""
+    baseline_label: str = ""  # "vanilla" or "through <patch>", on both
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,18 @@ class Cell:
             if fnmatch.fnmatchcase(test, e.test):
                 found = e
         return None if found is None or found.outcome == "pass" else found
+
+    @property
+    def baseline_cell(self) -> str:
+        """The id of this cell's baseline twin ("" when its kernel has no baseline)."""
+        k = self.kernel
+        return f"{k.baseline}/{self.cpu.name}/{self.device.name}" if k.baseline else ""
+
+    @property
+    def baseline_of(self) -> str:
+        """On a baseline cell, the id of the patched cell it is the baseline of; else ""."""
+        k = self.kernel
+        return f"{k.baseline_of}/{self.cpu.name}/{self.device.name}" if k.baseline_of else ""
 
     @property
     def slug(self) -> str:

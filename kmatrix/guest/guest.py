@@ -8,6 +8,8 @@ BootFailure (the kernel's fault); QEMU or host trouble is an InfraError.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import time
@@ -24,7 +26,8 @@ from kmatrix.errors import (
     VMError,
 )
 from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for
-from kmatrix.guest.session import GuestSession
+from kmatrix.guest.session import CommandResult, GuestSession
+from kmatrix.host.cache import stamped_digest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
 from kmatrix.results.schema import BootRecord  # boot.json, typed where results.json reads it
 from kmatrix.vm import accel as accel_mod
@@ -36,6 +39,7 @@ from kmatrix.vm.hostpci import check_host_devices
 from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported
 
 CONSOLE_TAIL_LINES = 60
+JOURNAL = "commands.jsonl"  # one JSON line per guest command, for reproduce.sh
 _PRINTK_TIME = re.compile(r"\[\s*(\d+\.\d+)\]")
 
 
@@ -92,6 +96,7 @@ class Guest:
         self.scratch_disk: Path | None = None  # host file behind the scratch disk, this boot
         self._snapshot: int | None = None  # unnamed file holding the just-booted VM state
         self._snapshot_disk: int | None = None  # the scratch disk as it was at that moment
+        self.current_test = ""  # the node id of the test whose commands run now
 
     # --- preparing ----------------------------------------------------------------------------
 
@@ -109,6 +114,11 @@ class Guest:
         self.record.channel = channel_for(self.kernel, self.modules)
         wanted = base_modules(self.record.channel) + lower(self.cell.device).modules
         self.initrd = build_image(self.kernel, wanted)
+        # Remembered per file stamp (host/cache), so this hashes each artefact once.
+        files = {"kernel": self.kernel.boot_image, "initrd": self.initrd}
+        if self.kernel.config_path is not None:
+            files["config"] = self.kernel.config_path
+        self.record.digests = {k: stamped_digest(p) for k, p in files.items()}
 
     def _argv(self, accel: str, rundir: Path, console: Path, shell: bool = False) -> list[str]:
         assert self.kernel is not None and self.initrd is not None
@@ -170,8 +180,15 @@ class Guest:
         self.record.launches += 1
         if self.record.launches > 1:  # a later boot of the cell must not truncate the first's log
             self.console_log = self.outdir / f"console-{self.record.launches}.log"
+        argv = self._argv(accel, rundir, self.console_log)
+        if self.record.launches == 1:
+            self.record.qemu_argv, self.record.rundir = argv, str(rundir)
+            self.record.boot_timeout = timeout
+            disk = self.cell.device.scratch_disk
+            if disk is not None and self.scratch_disk is not None:
+                self.record.scratch_disk = {self.scratch_disk.name: disk.size}
         machine = Machine(
-            self._argv(accel, rundir, self.console_log),
+            argv,
             rundir,
             self.outdir / "qemu.log",
             self.cell.id,
@@ -187,6 +204,7 @@ class Guest:
             self.session = GuestSession.connect(
                 rundir / "agent.sock", 10.0, machine.is_running, self.cell.id, self._transcript
             )
+            self.session.on_command = self._journal
             self.record.userspace_uptime = self.session.wait_ready(timeout)
         except GuestDied as e:
             code = machine.wait_exit(5.0)
@@ -224,6 +242,27 @@ class Guest:
         return code
 
     # --- using ------------------------------------------------------------------------------
+
+    def begin_test(self, nodeid: str) -> None:
+        """Marks where a test's guest commands start, in commands.log and the journal."""
+        self.current_test = nodeid
+        if self._transcript is not None:
+            with contextlib.suppress(OSError):
+                self._transcript.write(f"# test {nodeid}\n")
+                self._transcript.flush()
+
+    def _journal(self, result: CommandResult, timeout: int) -> None:
+        """One JSON line per guest command (commands.jsonl): what a reproducer replays."""
+        line = {
+            "test": self.current_test,
+            "command": result.command,
+            "timeout": timeout,
+            "exit_status": result.exit_status,
+            "stdout_sha256": hashlib.sha256(result.stdout.encode()).hexdigest(),
+            "seconds": round(result.duration, 3),
+        }
+        with contextlib.suppress(OSError), (self.outdir / JOURNAL).open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     @property
     def alive(self) -> bool:
@@ -420,6 +459,7 @@ class Guest:
 
         machine.launch(before_cont=before_cont)
         self.session = sessions[0]
+        self.session.on_command = self._journal
         # The saved agent was waiting for a request: one answer proves the guest runs.
         self.session.run("true", timeout=30, check=True)
 

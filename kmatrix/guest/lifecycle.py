@@ -70,6 +70,7 @@ class CellPool:
             except BuildFailure as e:
                 # The kernel did not build from its patches and config: its cells fail.
                 self.failures[cell.id] = e
+                g.record.failure = "build"
                 return g
             except HostDeviceUnavailable as e:
                 self.skips[cell.id] = str(e)  # this host cannot run the cell: not a failure
@@ -89,6 +90,7 @@ class CellPool:
                 break
             except BootFailure as e:
                 self.failures[cell.id] = e  # the kernel's fault: never retried into a pass
+                g.record.failure = "boot"
                 g.stop(collect=False)
                 break
             except InfraError as e:
@@ -167,6 +169,7 @@ class CellPool:
                 kernel_image=str(g.kernel.image),
                 boot_image=str(g.kernel.boot_image),
                 initrd=str(g.initrd),
+                config=str(g.kernel.config_path or ""),
             )
         findings: list[FindingRecord] = []
         # dmesg-*.log: kernel logs of guests a restore or a reboot replaced.

@@ -14,6 +14,7 @@ import re
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -58,6 +59,9 @@ class GuestSession:
         self._transcript = transcript
         self.ready_uptime: float | None = None
         self.closed = False
+        # Called with each finished command and its guest-side deadline (the journal a
+        # cell's reproducer replays).
+        self.on_command: Callable[[CommandResult, int], None] | None = None
 
     @classmethod
     def connect(
@@ -136,6 +140,8 @@ class GuestSession:
                 f"$ {command}\n{stdout}{stderr}[exit {status}, {result.duration:.2f}s]\n"
             )
             self._transcript.flush()
+        if self.on_command is not None:
+            self.on_command(result, tmo)
         if check and status != 0:
             raise CommandFailed(result)
         return result

@@ -1,8 +1,11 @@
 """`build:` kernels: built from source with a patch series, a base config, fragments and make
-variables (kmatrix.build), cached by all of those inputs."""
+variables (kmatrix.build), cached by all of those inputs. A kernel with a series may declare a
+`baseline:` (`vanilla`, or a patch of the series): the same build without the series (or
+with the series through that patch), which the matrix runs beside it (see KernelSpec)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from pathlib import Path
@@ -11,16 +14,20 @@ import yaml
 
 from kmatrix.build.builder import build_kernel
 from kmatrix.build.patches import SeriesError, load_series
+from kmatrix.build.prefixes import PrefixError, baseline_spec, prefix_spec, upto_length
 from kmatrix.config.kinds import ParsedSource
-from kmatrix.config.specs import BuildSpec, KernelSpec
+from kmatrix.config.specs import BuildSpec, KernelSpec, Matrix
 from kmatrix.config.yamlnode import NodeReader
+from kmatrix.errors import InputError
 from kmatrix.kernels.base import DEB_NAME_RE, KernelFiles
 
 CONFIG_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")  # make targets a build may start from
 MAKE_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INLINE_OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+=\S.*|# CONFIG_[A-Za-z0-9_]+ is not set)$")
 # The keys of a kernel's `build:` mapping, and those it requires (documented in docs/matrix.md).
-BUILD_KEYS = ("source", "ref", "patches", "skip", "config", "fragments", "make_vars")
+BUILD_KEYS = (
+    "source", "ref", "patches", "skip", "config", "fragments", "make_vars", "baseline",
+)  # fmt: skip
 BUILD_REQUIRED = ("source",)
 TARBALL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar.zst", ".deb")
 
@@ -32,7 +39,16 @@ class SourceBuildKind:
     def parse(self, r: NodeReader, node: yaml.Node, key: str) -> ParsedSource:
         spec = parse_build(r, node, key)
         ident = spec.source if DEB_NAME_RE.match(spec.source) else ""
-        return ParsedSource(location=spec.source, identity=ident, build=spec)
+        if spec.baseline is None:
+            return ParsedSource(location=spec.source, identity=ident, build=spec)
+        try:
+            base, label = baseline_spec(spec)
+        except PrefixError as e:
+            bnode = next(v for k, v in node.value if k.value == "baseline")
+            raise r.err(bnode, f"{key}.baseline", str(e)) from None
+        return ParsedSource(
+            location=spec.source, identity=ident, build=spec, baseline=base, baseline_label=label
+        )
 
     def locate(self, spec: KernelSpec, origin: str) -> KernelFiles:
         assert spec.build is not None
@@ -82,6 +98,16 @@ def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:
                     )
     elif "skip" in m:
         raise r.err(m["skip"][0], f"{key}.skip", "skip needs patches")
+    baseline = None
+    if "baseline" in m:
+        baseline = r.string(m["baseline"][1], f"{key}.baseline")
+        if patches is None:
+            raise r.err(
+                m["baseline"][0],
+                f"{key}.baseline",
+                "a baseline needs a patch series (patches:): without one there is nothing "
+                "to compare the kernel with",
+            )
     config = "tinyconfig"
     if "config" in m:
         cnode = m["config"][1]
@@ -132,4 +158,33 @@ def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:
         config=config,
         fragments=tuple(fragments),
         make_vars=make_vars,
+        baseline=baseline,
     )
+
+
+def with_series_upto(matrix: Matrix, kernel: str, upto: str) -> Matrix:
+    """The matrix with kernel built from its series only through the patch upto (a name or
+    its leading part, or `vanilla`); the cells keep their ids, the kernel's baseline twin is
+    dropped (a prefix has nothing to be compared with). InputError naming what is wrong."""
+    spec = next((k for k in matrix.kernels if k.name == kernel), None)
+    if spec is None:
+        known = ", ".join(k.name for k in matrix.kernels)
+        raise InputError(f"{matrix.path}: no kernel {kernel!r} (kernels: {known})")
+    if spec.baseline_of:
+        raise InputError(f"{matrix.path}: {kernel!r} is the baseline of {spec.baseline_of!r}")
+    if spec.build is None or spec.build.patches is None:
+        raise InputError(f"{matrix.path}: kernel {kernel!r} is not built with a patch series")
+    series = load_series(spec.build.patches)
+    k = upto_length(spec.build, series, upto)
+    new = dataclasses.replace(
+        spec, build=prefix_spec(spec.build, series, k), baseline="", baseline_label=""
+    )
+    kernels = tuple(
+        new if kk.name == kernel else kk for kk in matrix.kernels if kk.name != spec.baseline
+    )
+    cells = tuple(
+        dataclasses.replace(c, kernel=new) if c.kernel.name == kernel else c
+        for c in matrix.cells
+        if c.kernel.name != spec.baseline
+    )
+    return dataclasses.replace(matrix, kernels=kernels, cells=cells)

@@ -26,6 +26,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("cell", matrix.cells, ids=[c.id for c in matrix.cells])
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A baseline cell's test is selected with its patched twin: `-k` matches it by the
+    twin's name too (`-k kmx/Haswell` runs kmx+baseline/Haswell beside kmx/Haswell), and
+    by `baseline` (its marker `kmatrix_baseline`), so `-k "not baseline"` leaves it out."""
+    c = cell_of(item)
+    if c is not None and c.baseline_of:
+        item.add_marker("kmatrix_baseline")
+        item.extra_keyword_matches.add(item.name.replace(c.id, c.baseline_of))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
@@ -93,12 +103,18 @@ def _select_shard(config: pytest.Config, items: list[pytest.Item], spec: str) ->
             c = cell_of(it)
             if c is not None:
                 weights[c.id] = weights.get(c.id, 0.0) + 1.0
-    owner = shard.assign(cells, weights, total)
+    # A baseline cell goes with its patched twin, so each shard attributes its own cells.
+    unit = {c.id: c.baseline_of or c.id for it in items if (c := cell_of(it)) is not None}
+    unit_weights: dict[str, float] = {}
+    for cid, u in unit.items():
+        if cid in weights:
+            unit_weights[u] = unit_weights.get(u, 0.0) + weights[cid]
+    owner = shard.assign(list(dict.fromkeys(unit[c] for c in cells)), unit_weights, total)
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for it in items:
         c = cell_of(it)
-        (keep if c is None or owner[c.id] == index else drop).append(it)
+        (keep if c is None or owner[unit[c.id]] == index else drop).append(it)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

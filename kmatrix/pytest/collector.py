@@ -26,6 +26,7 @@ from kmatrix import __version__
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import InputError
 from kmatrix.pytest.plan import RunPlan
+from kmatrix.results import attribution
 from kmatrix.results.runs import Run, summarize_failure, write_run
 from kmatrix.results.schema import (
     BootRecord,
@@ -35,6 +36,7 @@ from kmatrix.results.schema import (
     RunDocument,
     RunInfo,
     TestResult,
+    Verdict,
     cell_status,
 )
 from kmatrix.vm.accel import qemu_version
@@ -100,6 +102,7 @@ class ResultsCollector:
         self.args = args
         # The plan (matrix digest, shard, planned cells) for the "run" section, once known.
         self.plan: RunPlan | None = None
+        self.gate_note = ""  # why --kmatrix-gate series turned a red run green
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -168,6 +171,18 @@ class ResultsCollector:
         statuses = [self.cell_entry(c).status for c in self.cells_seen]
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
         tr.write_line(f"{len(self.cells_seen)} cells ({counts}); reports in {self.reports}")
+        for c in self.document().cells:
+            a = c.attribution
+            if a is None or a.verdict is attribution.PASS:
+                continue
+            what = ", ".join(f"{n} {Verdict.named(v).label}" for v, n in a.counts.items())
+            tr.write_line(
+                f"{c.id}: {a.verdict.label} ({what}; baseline {c.baseline_cell}: "
+                f"{a.baseline_status})",
+                red=a.verdict in (attribution.SERIES, attribution.UNDETERMINED),
+            )
+        if self.gate_note:
+            tr.write_line(f"--kmatrix-gate series: exit status 0: {self.gate_note}", green=True)
 
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True
@@ -177,6 +192,14 @@ class ResultsCollector:
         self.exitstatus = int(exitstatus)
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
+        gated = (
+            session.config.getoption("kmatrix_gate", "all") == "series"
+            and exitstatus == pytest.ExitCode.TESTS_FAILED
+        )
+        # Only what the series caused (or no baseline could judge) fails the run.
+        if gated and not attribution.gating([Run(self.reports / "results.json", self.document())]):
+            session.exitstatus = self.exitstatus = int(pytest.ExitCode.OK)
+            self.gate_note = "every failure is pre-existing, flaky or on a baseline"
         self.write()
         self.write_reports(session.config)
 
@@ -258,6 +281,9 @@ class ResultsCollector:
             artifacts=artifacts,
             status=cell_status(outcomes),
             counts={str(o): outcomes.count(o) for o in sorted(set(outcomes))},
+            baseline_cell=cell.baseline_cell,
+            baseline_of=cell.baseline_of,
+            baseline_label=cell.kernel.baseline_label,
         )
 
     def document(self) -> RunDocument:
@@ -288,11 +314,12 @@ class ResultsCollector:
             shard=plan.shard if plan else None,
             planned_cells=dict(plan.tests) if plan else {},
         )
-        return RunDocument(
+        doc = RunDocument(
             run=info,
             cells=[self.cell_entry(c) for c in self.cells_seen],
             results=list(self.records.values()),
         )
+        return attribution.attach(doc)
 
     def write(self) -> None:
         doc = self.document()

@@ -57,6 +57,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     progress.add_option(g)
     g.addoption(
+        "--kmatrix-gate",
+        choices=("all", "series"),
+        default="all",
+        help="what makes the exit status 1: any failure (all), or only failures of kernels "
+        "with a baseline that their series caused or that no baseline could judge, plus "
+        "failures of kernels without one (series)",
+    )
+    g.addoption(
+        "--kmatrix-series-upto",
+        metavar="KERNEL=PATCH",
+        action="append",
+        help="build KERNEL with its series only through PATCH (a patch name or its leading "
+        "part, or `vanilla` for none); its baseline twin is left out; repeatable",
+    )
+    g.addoption(
         "--kmatrix-baseline",
         metavar="DIR",
         action="append",

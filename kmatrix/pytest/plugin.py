@@ -18,11 +18,12 @@ import pytest
 from kmatrix import __version__
 from kmatrix.errors import (
     InfraError,
+    InputError,
     KmatrixError,
-    MatrixError,
 )
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
+from kmatrix.kernels.source import with_series_upto
 from kmatrix.pytest import progress, suites
 
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
@@ -30,6 +31,7 @@ from kmatrix.pytest import progress, suites
 from kmatrix.pytest.collection import (  # noqa: F401
     pytest_collection_modifyitems,
     pytest_generate_tests,
+    pytest_itemcollected,
 )
 from kmatrix.pytest.collector import ResultsCollector
 from kmatrix.pytest.fixtures import booted, guest, kernel, kmatrix_run_info, qmp  # noqa: F401
@@ -55,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {doc}")
     config.addinivalue_line("markers", "kmatrix_final: run last within its cell (e.g. poweroff)")
     config.addinivalue_line(
+        "markers", "kmatrix_baseline: a test of a baseline cell (set by kmatrix; `-k baseline`)"
+    )
+    config.addinivalue_line(
         "markers",
         "kmatrix_clean: run on a just-booted guest (the cell's post-boot snapshot restored, "
         "else a reboot)",
@@ -62,7 +67,14 @@ def pytest_configure(config: pytest.Config) -> None:
     path = _matrix_path(config)
     try:
         matrix = load_matrix(path) if path is not None else None
-    except MatrixError as e:
+        for spec in config.getoption("kmatrix_series_upto") or []:
+            if matrix is None:
+                raise InputError("--kmatrix-series-upto needs a matrix")
+            kernel, sep, upto = spec.partition("=")
+            if not sep or not kernel or not upto:
+                raise InputError(f"--kmatrix-series-upto {spec!r}: expected KERNEL=PATCH")
+            matrix = with_series_upto(matrix, kernel, upto)
+    except InputError as e:
         raise pytest.UsageError(f"kmatrix: {e}") from None
     config.stash[MATRIX_KEY] = matrix
     if matrix is not None:
@@ -131,6 +143,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         ("kmatrix.accel_reason", g.record.accel_reason),
         ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
     ]
+    if cell.baseline_of or cell.baseline_cell:
+        item.user_properties.append(
+            ("kmatrix.baseline_of", cell.baseline_of)
+            if cell.baseline_of
+            else ("kmatrix.baseline_cell", cell.baseline_cell)
+        )
+    g.begin_test(item.nodeid)
     if cell.id in pool.deaths and not pool.recover(cell):
         raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
     if item.get_closest_marker("kmatrix_clean") and cell.id not in pool.failures:
@@ -149,6 +168,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     pool = pool_of(item.config)
     g = pool.guests.get(cell.id)
+    if g is not None:
+        g.current_test = ""  # what runs from here on (dmesg, poweroff) is the harness's
     if (
         g is not None
         and cell.id not in pool.failures

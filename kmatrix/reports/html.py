@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kmatrix.reports import reproduce
+from kmatrix.reports.attribution import RunAttribution
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import (
@@ -109,6 +111,7 @@ def cell_data(
     known: KnownIssues,
     comparison: Comparison | None,
     baseline: Run | None,
+    attrib: RunAttribution | None = None,
 ) -> dict[str, Any]:
     cid = cell.id
     status = display_status(cell, run, known)
@@ -125,6 +128,7 @@ def cell_data(
                 "message": failure_message(r) if r.outcome is not Outcome.PASSED else "",
                 "longrepr": r.longrepr[-LONGREPR_LIMIT:],
                 "known": issue.id if issue else "",
+                "attribution": attrib.test_data(cid, r.nodeid) if attrib else None,
             }
         )
     findings = []
@@ -149,6 +153,7 @@ def cell_data(
         "diff": _cell_diff(comparison, cid),
         "console": read_artifact(run, cell, "console", CONSOLE_LIMIT),
         "dmesg": read_artifact(run, cell, "dmesg", CONSOLE_LIMIT),
+        **reproduce.commands_for(run, cell),
     }
 
 
@@ -165,7 +170,12 @@ def _counts_html(counts: dict[str, int]) -> str:
     return " ".join(parts)
 
 
-def _matrix_html(run: Run, data: dict[str, dict[str, Any]], comparison: Comparison | None) -> str:
+def _matrix_html(
+    run: Run,
+    data: dict[str, dict[str, Any]],
+    comparison: Comparison | None,
+    attrib: RunAttribution | None = None,
+) -> str:
     kernels, cols = layout(run)
     by_pos = {(c.kernel, c.cpu, c.device): c for c in run.cells}
     cpus: list[tuple[str, int, str]] = []
@@ -214,15 +224,23 @@ def _matrix_html(run: Run, data: dict[str, dict[str, Any]], comparison: Comparis
             boot = cell.boot.boot_seconds
             boot_s = f'<span class="small">boot {boot:.2f} s</span>' if boot else ""
             status = d["status"]
+            extra = ""
+            if attrib:
+                badges.insert(0, attrib.badge(cid, status))
+                extra = attrib.cell_attrs(cid)
             tds.append(
-                f'<td class="cell st-{_e(status)}" data-cell="{_e(cid)}" tabindex="0" '
+                f'<td class="cell st-{_e(status)}" data-cell="{_e(cid)}"{extra} tabindex="0" '
                 f'role="button" title="{_e(cid)}">'
                 f'<span class="status">{_e(STATUS_LABEL.get(status, status))}</span>'
                 f'<span class="counts" title="{_e(_counts_title(cell.counts))}">'
                 f"{_e(_counts_html(cell.counts))}</span><br>"
                 f"{boot_s}{''.join(badges)}</td>"
             )
-        rows.append(f"<tr><th>{_e(k)}<small>{_e(release or '')}</small></th>{''.join(tds)}</tr>")
+        note = attrib.row_note(k) if attrib else ""
+        note_html = f'<small class="attr-note">{_e(note)}</small>' if note else ""
+        rows.append(
+            f"<tr><th>{_e(k)}<small>{_e(release or '')}</small>{note_html}</th>{''.join(tds)}</tr>"
+        )
     return (
         '<table id="matrix"><thead>'
         f'<tr><th rowspan="2">kernel</th>{head1}</tr><tr>{head2}</tr>'
@@ -381,7 +399,8 @@ def render(
     baseline: Run | None = None,
 ) -> str:
     known = known or KnownIssues()
-    data = {c.id: cell_data(run, c, known, comparison, baseline) for c in run.cells}
+    attrib = RunAttribution(run)
+    data = {c.id: cell_data(run, c, known, comparison, baseline, attrib) for c in run.cells}
     meta = run.meta
     totals: dict[str, int] = {}
     for r in run.results:
@@ -421,10 +440,11 @@ def render(
         f"<h1>{_e(title)}</h1><p class='meta'>{meta_html}</p>"
         f"<p>{_e(totals_html)}</p>{banner}"
         f"<p class='legend'>{legend}</p>"
-        f"{_matrix_html(run, data, comparison)}{known_note}"
+        f"{attrib.filter_html()}{_matrix_html(run, data, comparison, attrib)}{known_note}"
         '<p class="small">Click a cell for its tests, kernel-log findings, metrics and logs.</p>'
         '<section id="detail" hidden aria-live="polite"></section>'
         f"{_baseline_html(comparison) if comparison is not None else ''}"
+        f"{attrib.section_html()}"
         f"{_plots_html(run, baseline)}"
         '<script type="application/json" id="kmx-data">'
         f"{_json_for_script({'cells': data})}</script>"

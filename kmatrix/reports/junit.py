@@ -15,6 +15,7 @@ from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from kmatrix.reports.attribution import RunAttribution
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import Run, failure_message, read_artifact
 from kmatrix.results.schema import CellResult, TestResult
@@ -31,8 +32,10 @@ def _classname(nodeid: str) -> str:
     return ".".join([module, *parts[1:-1]])
 
 
-def _case(rec: TestResult, cell: CellResult, known: KnownIssues) -> TestCase:
+def _case(rec: TestResult, cell: CellResult, known: KnownIssues, note: str = "") -> TestCase:
     out = "\n".join(f"metric {k} = {v}" for k, v in rec.metrics.items())
+    if note:  # the attribution against the cell's baseline
+        out = f"attribution {note}" + (f"\n{out}" if out else "")
     tc = TestCase(
         name=rec.nodeid.split("::")[-1],
         classname=_classname(rec.nodeid),
@@ -46,6 +49,8 @@ def _case(rec: TestResult, cell: CellResult, known: KnownIssues) -> TestCase:
     issue = known.for_failure(cell, rec)
     if issue is not None:
         message = f"[known issue {issue.id}] {message}"
+    if note:
+        message = f"{note} {message}"
     if outcome.junit == "failure":
         tc.add_failure_info(message=message, output=longrepr, failure_type="failure")
     elif outcome.junit == "error":
@@ -90,6 +95,7 @@ def cell_properties(cell: CellResult, run: Run) -> dict[str, str]:
 
 def suites(run: Run, known: KnownIssues | None = None) -> list[TestSuite]:
     known = known or KnownIssues()
+    attrib = RunAttribution(run)
     out = []
     for cell in run.cells:
         recs = run.results_of(cell.id)
@@ -97,10 +103,12 @@ def suites(run: Run, known: KnownIssues | None = None) -> list[TestSuite]:
         out.append(
             TestSuite(
                 name=cell.id,
-                test_cases=[_case(r, cell, known) for r in recs],
+                test_cases=[
+                    _case(r, cell, known, attrib.junit_note(cell.id, r.nodeid)) for r in recs
+                ],
                 hostname=run.meta.host or None,
                 timestamp=run.meta.started or None,
-                properties=cell_properties(cell, run),
+                properties={**cell_properties(cell, run), **attrib.junit_properties(cell.id)},
                 package=cell.kernel,
                 stdout=read_artifact(run, cell, "console", _SYSTEM_OUT_LIMIT),
                 stderr=stderr[:_SYSTEM_OUT_LIMIT] or None,

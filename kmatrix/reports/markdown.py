@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kmatrix.reports.attribution import RunAttribution
 from kmatrix.reports.html import display_status
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
@@ -151,6 +152,7 @@ def render(run: Run, known: KnownIssues | None = None, comparison: Comparison | 
     lines += _matrix(run, known)
     for part in (
         _baseline(comparison) if comparison is not None else [],
+        RunAttribution(run).markdown(_cell_text, _capped),
         _failures(run, known),
         _findings(run, known),
     ):

@@ -17,7 +17,7 @@ from pathlib import Path
 from kmatrix.errors import KmatrixError
 from kmatrix.reports import html as report_html
 from kmatrix.reports import junit as junit_cells
-from kmatrix.reports import kcidb
+from kmatrix.reports import kcidb, reproduce
 from kmatrix.reports import markdown as report_md
 from kmatrix.results.compare import Comparison, compare_runs
 from kmatrix.results.known_issues import KnownIssues, default_known_issues, load_known_issues
@@ -100,6 +100,8 @@ def write_reports(
             comparison = c if isinstance(c, Comparison) else None
     result.comparison = comparison
 
+    # Reproducers first: the HTML report links the ones written.
+    attempt("reproduce", lambda: reproduce.write(run))
     writers: list[tuple[str, Callable[[], Path]]] = [
         ("junit", lambda: junit_cells.write(run, out, known)),
         ("html", lambda: report_html.write(run, out, known, comparison, baseline)),

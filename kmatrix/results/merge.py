@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kmatrix.errors import InputError
+from kmatrix.results import attribution
 from kmatrix.results.runs import Run, load_runs, write_run
 from kmatrix.results.schema import (
     CellResult,
@@ -245,7 +246,8 @@ def merge_runs(out: Path, inputs: Sequence[Path]) -> MergeResult:
     )
     res = MergeResult(
         out=out,
-        doc=RunDocument(run=meta, cells=cells, results=results),
+        # A patched cell and its baseline may come from different runs: attribute the whole.
+        doc=attribution.attach(RunDocument(run=meta, cells=cells, results=results)),
         runs=runs,
         missing_cells=missing_cells,
         incomplete_cells=incomplete_cells,

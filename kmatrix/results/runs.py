@@ -190,6 +190,13 @@ def layout(run: Run) -> tuple[list[str], list[tuple[str, str]]]:
     """Rows (kernels) and columns ((cpu, device)) in the order the run met them; columns are
     grouped by CPU so one CPU's device profiles sit side by side."""
     kernels = ordered_unique(c.kernel for c in run.cells)
+    # A baseline's row goes right under its patched kernel's.
+    twin_of = {c.kernel: c.baseline_of.split("/")[0] for c in run.cells if c.baseline_of}
+    ordered = [k for k in kernels if twin_of.get(k) not in kernels]
+    for twin, patched in twin_of.items():
+        if patched in kernels:
+            ordered.insert(ordered.index(patched) + 1, twin)
+    kernels = ordered
     cpus = ordered_unique(c.cpu for c in run.cells)
     devices = ordered_unique(c.device for c in run.cells)
     present = {(c.cpu, c.device) for c in run.cells}

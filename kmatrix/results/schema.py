@@ -415,6 +415,67 @@ class BootRecord(Record):
     kernel_image: str = ""
     boot_image: str = ""
     initrd: str = ""
+    config: str = ""  # the kernel's .config, when it has one
+    failure: str = ""  # "build": the kernel did not build; "boot": it never reached userspace
+    # What a reproducer needs (reports/cells/<cell>/reproduce.sh): the first launch's QEMU
+    # argv, the private directory its sockets and scratch disk were in, the boot deadline,
+    # the SHA-256 of what it booted (kernel, initrd, config).
+    qemu_argv: list[str] = field(default_factory=list)
+    rundir: str = ""
+    boot_timeout: float | None = None
+    scratch_disk: dict[str, int] = field(default_factory=dict)  # file name in rundir -> MiB
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+class Verdict(StrEnum):
+    """How a (cell, test) of a kernel with a baseline compares with its baseline twin
+    (kmatrix.results.attribution), most telling first."""
+
+    label: str  # what the reports call it
+
+    def __new__(cls, value: str, label: str) -> Verdict:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.label = label
+        return member
+
+    @classmethod
+    def named(cls, name: str) -> Verdict:
+        """The verdict results.json calls name; ValueError for an unknown one."""
+        for v in cls:
+            if v.value == name:
+                return v
+        raise ValueError(f"unknown verdict {name!r}")
+
+    SERIES = "series", "caused by the series"  # fails patched, passes on the baseline
+    UNDETERMINED = "undetermined", "undetermined"  # fails; the baseline gave no verdict
+    PRE_EXISTING = "pre-existing", "pre-existing"  # fails on both
+    FLAKY = "flaky", "flaky"  # one side's samples disagree
+    FIXED = "fixed", "fixed by the series"  # passes patched, fails on the baseline
+    PASS = "pass", "pass"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestAttribution(Record):
+    """A test of a patched cell against the same test of its baseline cell."""
+
+    __test__ = False  # not a pytest test class
+
+    verdict: Verdict
+    reason: str = ""  # why, in a few words ("it passes on the baseline")
+    baseline_nodeid: str = ""
+    baseline_outcome: Outcome | None = None  # None: the baseline has no result for it
+    # metric -> [patched value, baseline value or null]; one run is one sample, no verdict
+    metrics: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellAttribution(Record):
+    """A patched cell's verdict (that of its most telling test) and its tests per verdict."""
+
+    verdict: Verdict
+    counts: dict[str, int] = field(default_factory=dict)  # verdict -> tests
+    baseline_status: str = ""  # the baseline cell's status, or "did not build", "not run"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -447,6 +508,12 @@ class CellResult(Record):
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path in the run dir
     status: CellStatus = CellStatus.NONE
     counts: dict[str, int] = field(default_factory=dict)  # outcome -> tests
+    # A kernel with a `baseline:` runs beside its twin: the patched cell names its baseline
+    # cell, the baseline cell the patched one; both carry the baseline's label ("vanilla").
+    baseline_cell: str = ""
+    baseline_of: str = ""
+    baseline_label: str = ""
+    attribution: CellAttribution | None = None  # on a patched cell
 
     @classmethod
     def unknown(cls, cell_id: str) -> CellResult:
@@ -469,6 +536,7 @@ class TestResult(Record):
     longrepr: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
+    attribution: TestAttribution | None = None  # a test of a cell with a baseline
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,6 +70,10 @@
     c.tests.forEach(function (t) {
       var msg = el("td", null, [t.message || ""]);
       if (t.known) { msg.insertBefore(el("span", {"class": "badge warn", text: "known: " + t.known}), msg.firstChild); }
+      var a = t.attribution;
+      if (a && a.verdict !== "pass") {
+        msg.insertBefore(el("span", {"class": "badge attr v-" + a.verdict, title: a.reason, text: a.label}), msg.firstChild);
+      }
       if (t.longrepr) { msg.appendChild(block("full report", t.longrepr, false)); }
       tb.appendChild(el("tr", {"class": "test"}, [
         el("td", {"class": "o-" + t.outcome, text: t.outcome}),
@@ -79,6 +83,16 @@
       ]));
     });
     detail.appendChild(tb);
+
+    if (c.reproduce || c.shell) {
+      detail.appendChild(el("h3", {text: "Reproduce"}));
+      if (c.reproduce) {
+        detail.appendChild(el("p", {"class": "small", text: "the same VM (QEMU command line, kernel, initramfs) and the failing tests' guest commands:"}));
+        detail.appendChild(el("pre", {"class": "cmd", text: "sh " + c.reproduce}));
+      }
+      detail.appendChild(el("p", {"class": "small", text: "an interactive shell on the cell:"}));
+      detail.appendChild(el("pre", {"class": "cmd", text: c.shell}));
+    }
 
     detail.appendChild(el("h3", {text: "Kernel-log findings (" + c.findings.length + ")"}));
     if (!c.findings.length) { detail.appendChild(el("p", {"class": "small", text: "none"})); }
@@ -120,6 +134,20 @@
       if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); td.click(); }
     });
   });
+  var filter = document.getElementById("attr-filter");
+  if (filter) {
+    Array.prototype.forEach.call(filter.querySelectorAll("button"), function (b) {
+      b.addEventListener("click", function () {
+        var want = b.getAttribute("data-filter");
+        Array.prototype.forEach.call(filter.querySelectorAll("button"), function (o) {
+          o.classList.toggle("on", o === b);
+        });
+        Array.prototype.forEach.call(document.querySelectorAll("td.cell, #attribution-tests tr[data-attr]"), function (e) {
+          e.classList.toggle("dimmed", want !== "" && e.getAttribute("data-attr") !== want);
+        });
+      });
+    });
+  }
   var m = /^#cell=(.+)$/.exec(location.hash);
   if (m) { show(decodeURIComponent(m[1])); }
   document.documentElement.setAttribute("data-ready", "1");

@@ -1,0 +1,306 @@
+"""Attribution: is a red (cell, test) of a patched kernel the series' doing, or was it there
+before?
+
+A kernel with a `baseline:` runs beside its baseline twin (the same build without, or with
+part of, its series) on the same cells in the same run. Each (cell, test) of the patched
+kernel is then (schema.Verdict):
+
+* **series** — caused by the series: fails patched, passes on the baseline (or the kernel
+  does not build / boot with the series while the baseline does);
+* **pre-existing** — fails on both (also: neither builds, or neither boots);
+* **fixed** — fixed by the series: passes patched, fails on the baseline;
+* **flaky** — the samples of one side disagree (a flaky outcome, or repeated runs that
+  both pass and fail), so neither verdict can be trusted;
+* **pass** — passes on both (or passes patched while the baseline gave no verdict);
+* **undetermined** — fails patched, but the baseline gave no verdict: it did not build,
+  did not boot, errored (host or harness), skipped the test, or did not run it. A baseline
+  that fails to build or boot is reported as such, never turned into a verdict on the patch.
+
+Only results.json is read (cells carry `baseline_cell` / `baseline_of` and their boot
+record's `failure`), so a report can be regenerated, and runs merged, at any time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmatrix.results.runs import Run, failure_message
+from kmatrix.results.schema import (
+    CellAttribution,
+    CellResult,
+    Outcome,
+    RunDocument,
+    TestAttribution,
+    TestResult,
+    Verdict,
+)
+
+SERIES, UNDETERMINED, PRE_EXISTING = Verdict.SERIES, Verdict.UNDETERMINED, Verdict.PRE_EXISTING
+FLAKY, FIXED, PASS = Verdict.FLAKY, Verdict.FIXED, Verdict.PASS
+VERDICTS = tuple(Verdict)  # most telling first
+# What a test outcome says about the kernel's behaviour (by its name, so that outcomes other
+# kmatrix versions add, such as "flaky" or "known", read right).
+_BEHAVIOUR = {
+    "failed": "fail",
+    "xfailed": "fail",  # failed, as declared
+    "known": "fail",  # failed; every finding a known issue
+    "passed": "pass",
+    "xpassed": "pass",
+    "flaky": "flaky",
+    "error": "error",  # the host or the harness: says nothing about the kernel
+}
+RED = frozenset({Outcome.FAILED, Outcome.ERROR})  # the outcomes that make pytest's status 1
+STAGES = {"build": "did not build", "boot": "did not boot"}
+
+
+def behaviour(outcome: str) -> str:
+    """fail | pass | flaky | error | skip (skipped, not applicable, anything else)."""
+    return _BEHAVIOUR.get(str(outcome), "skip")
+
+
+def test_key(rec: TestResult) -> str:
+    """The node id with its cell id taken out: equal for a test and its baseline twin."""
+    return rec.nodeid.replace(rec.cell, "{cell}")
+
+
+@dataclass
+class Attribution:
+    """One attributed (cell, test), with what it was decided from."""
+
+    cell: str
+    nodeid: str
+    verdict: Verdict
+    reason: str
+    baseline_cell: str
+    baseline_nodeid: str = ""
+    patched: list[str] = field(default_factory=list)  # outcomes, one per run
+    baseline: list[str] = field(default_factory=list)
+    metrics: dict[str, list[float | None]] = field(default_factory=dict)  # [patched, baseline]
+    stage: str = ""  # "build" / "boot": the patched kernel itself failed there
+
+    @property
+    def label(self) -> str:
+        return self.verdict.label
+
+    def record(self) -> TestAttribution:
+        last = self.baseline[-1] if self.baseline else None
+        return TestAttribution(
+            verdict=self.verdict,
+            reason=self.reason,
+            baseline_nodeid=self.baseline_nodeid,
+            baseline_outcome=Outcome.named(last) if last in {str(o) for o in Outcome} else None,
+            metrics=self.metrics,
+        )
+
+
+def _stage(cell: CellResult | None) -> str:
+    failure = cell.boot.failure if cell is not None else ""
+    return failure if failure in STAGES else ""
+
+
+def _mixed(behaviours: list[str]) -> bool:
+    return "flaky" in behaviours or {"fail", "pass"} <= set(behaviours)
+
+
+def _first(behaviours: list[str]) -> str:
+    """One behaviour for a side whose samples agree (errors and skips lose to verdicts)."""
+    for b in ("fail", "pass", "error", "skip"):
+        if b in behaviours:
+            return b
+    return "skip"
+
+
+def decide(
+    patched: list[str],
+    baseline: list[str] | None,
+    patched_stage: str = "",
+    baseline_stage: str = "",
+    baseline_ran: bool = True,
+    baseline_reason: str = "",
+) -> tuple[Verdict, str] | None:
+    """(verdict, reason) of one (cell, test) from the outcomes of each side (one per run);
+    None when the patched test has no verdict to attribute (skipped on every run)."""
+    pb = [behaviour(o) for o in patched]
+    if not pb or all(b == "skip" for b in pb):
+        return None
+    if _mixed(pb):
+        return FLAKY, "the patched kernel both failed and passed it"
+    p = _first(pb)
+    if p == "error":
+        return UNDETERMINED, "it errored on the patched kernel (host or harness, not the kernel)"
+    if not baseline_ran:
+        why = baseline_reason or "the baseline cell did not run"
+        return (PASS, why) if p == "pass" else (UNDETERMINED, why)
+    if patched_stage and not baseline_stage:
+        # The kernel itself fails (every test of the cell with it), the baseline's does not.
+        return SERIES, f"it does not {patched_stage} with the series; the baseline {patched_stage}s"
+    if baseline_stage:
+        what = f"the baseline {STAGES[baseline_stage]}"
+        if p == "pass":
+            return PASS, f"{what}; no comparison"
+        if patched_stage == baseline_stage:
+            return PRE_EXISTING, f"{what} either"
+        return UNDETERMINED, f"{what}, so it cannot tell"
+    bb = [behaviour(o) for o in baseline or []]
+    if not bb:
+        why = "the baseline did not run this test"
+        return (PASS, why) if p == "pass" else (UNDETERMINED, why)
+    if _mixed(bb):
+        return FLAKY, "the baseline both failed and passed it"
+    b = _first(bb)
+    if b in ("error", "skip"):
+        why = "it errored on the baseline" if b == "error" else "the baseline skipped it"
+        why += f" ({baseline_reason})" if baseline_reason else ""
+        return (PASS, why) if p == "pass" else (UNDETERMINED, why)
+    if p == "fail":
+        if b == "fail":
+            return PRE_EXISTING, "it fails on the baseline too"
+        return SERIES, "it passes on the baseline"
+    if b == "fail":
+        return FIXED, "it fails on the baseline"
+    return PASS, "it passes on both"
+
+
+def _cells(runs: Sequence[Run]) -> dict[str, CellResult]:
+    out: dict[str, CellResult] = {}
+    for run in runs:
+        for c in run.cells:
+            out[c.id] = c  # the latest run's entry
+    return out
+
+
+def attribute(runs: Sequence[Run]) -> dict[tuple[str, str], Attribution]:
+    """Every (patched cell, node id) of the runs with a baseline twin, attributed."""
+    cells = _cells(runs)
+    samples: dict[tuple[str, str], list[TestResult]] = {}
+    for run in runs:
+        for r in run.results:
+            samples.setdefault((r.cell, test_key(r)), []).append(r)
+    out: dict[tuple[str, str], Attribution] = {}
+    for (cell_id, key), recs in samples.items():
+        entry = cells.get(cell_id)
+        twin = entry.baseline_cell if entry is not None else ""
+        if not twin:
+            continue
+        twin_entry = cells.get(twin)
+        base_recs = samples.get((twin, key), [])
+        last = recs[-1]
+        reason = ""
+        if base_recs and behaviour(base_recs[-1].outcome) in ("skip", "error"):
+            reason = failure_message(base_recs[-1])[:200]
+        verdict = decide(
+            [str(r.outcome) for r in recs],
+            [str(r.outcome) for r in base_recs],
+            patched_stage=_stage(entry),
+            baseline_stage=_stage(twin_entry),
+            baseline_ran=twin_entry is not None,
+            baseline_reason=reason if twin_entry is not None else f"{twin} did not run",
+        )
+        if verdict is None:
+            continue
+        bmetrics = base_recs[-1].metrics if base_recs else {}
+        metrics: dict[str, list[float | None]] = {
+            name: [v, bmetrics.get(name)] for name, v in last.metrics.items()
+        }
+        out[(cell_id, last.nodeid)] = Attribution(
+            cell=cell_id,
+            nodeid=last.nodeid,
+            verdict=verdict[0],
+            reason=verdict[1],
+            baseline_cell=twin,
+            baseline_nodeid=base_recs[-1].nodeid if base_recs else "",
+            patched=[str(r.outcome) for r in recs],
+            baseline=[str(r.outcome) for r in base_recs],
+            metrics=metrics,
+            stage=_stage(entry),
+        )
+    return out
+
+
+def cell_verdicts(
+    runs: Sequence[Run], found: dict[tuple[str, str], Attribution] | None = None
+) -> dict[str, CellAttribution]:
+    """Each patched cell's verdict (its most telling test's), with counts per verdict."""
+    found = attribute(runs) if found is None else found
+    cells = _cells(runs)
+    out: dict[str, CellAttribution] = {}
+    for cid, entry in cells.items():
+        if not entry.baseline_cell:
+            continue
+        mine = [a for a in found.values() if a.cell == cid]
+        counts = {str(v): n for v in VERDICTS if (n := sum(a.verdict is v for a in mine))}
+        verdict = next((v for v in VERDICTS if str(v) in counts), PASS)
+        twin = cells.get(entry.baseline_cell)
+        if twin is None:
+            status = "not run"
+        elif _stage(twin):
+            status = STAGES[_stage(twin)]
+        else:
+            status = str(twin.status)
+        out[cid] = CellAttribution(verdict=verdict, counts=counts, baseline_status=status)
+    return out
+
+
+def attach(doc: RunDocument) -> RunDocument:
+    """The document with its attribution written in: on each result of a patched cell and
+    on the cell (baseline cells are the reference and carry none)."""
+    run = Run(Path("results.json"), doc)
+    found = attribute([run])
+    per_cell = cell_verdicts([run], found)
+    for r in doc.results:
+        a = found.get((r.cell, r.nodeid))
+        r.attribution = a.record() if a is not None else None
+    cells = [dataclasses.replace(c, attribution=per_cell.get(c.id)) for c in doc.cells]
+    return dataclasses.replace(doc, cells=cells)
+
+
+def gating(runs: Sequence[Run]) -> list[TestResult]:
+    """The red results that fail a run gated on the series (`--kmatrix-gate series`): red
+    results of kernels without a baseline, and red results of patched kernels that are
+    caused by the series or undetermined. Baseline cells never gate; pre-existing and
+    flaky failures do not."""
+    found = attribute(runs)
+    cells = _cells(runs)
+    out = []
+    for run in runs:
+        for r in run.results:
+            if r.outcome not in RED:
+                continue
+            entry = cells.get(r.cell)
+            if entry is not None and entry.baseline_of:
+                continue
+            if entry is not None and entry.baseline_cell:
+                a = found.get((r.cell, r.nodeid))
+                if a is not None and a.verdict not in (SERIES, UNDETERMINED):
+                    continue
+            out.append(r)
+    return out
+
+
+def series_view(run: Run, side: str) -> Run:
+    """One side of a run's twins, for kmatrix.results.compare: "patched" keeps the cells that
+    have a baseline; "baseline" keeps the baseline cells under their patched twins' ids, so
+    that comparing the two views sets each patched (cell, test) and metric against its
+    baseline with the existing statistics (repeat the run for metric verdicts)."""
+    if side not in ("patched", "baseline"):
+        raise ValueError(side)
+    rename: dict[str, str] = {}
+    cells = []
+    for c in run.cells:
+        if side == "patched" and c.baseline_cell:
+            rename[c.id] = c.id
+            cells.append(c)
+        elif side == "baseline" and c.baseline_of:
+            rename[c.id] = c.baseline_of
+            cells.append(
+                dataclasses.replace(c, id=c.baseline_of, kernel=c.baseline_of.split("/")[0])
+            )
+    results = [
+        dataclasses.replace(r, cell=rename[r.cell], nodeid=r.nodeid.replace(r.cell, rename[r.cell]))
+        for r in run.results
+        if r.cell in rename
+    ]
+    return Run(run.path, dataclasses.replace(run.doc, cells=cells, results=results))
