@@ -105,7 +105,7 @@ def test_warning_inside_cut_here_is_one_finding() -> None:
 def test_null_deref_oops_and_panic_are_two_findings() -> None:
     findings = parse_kernel_log(read_log("real-6.1-null-deref-panic.log"))
     assert [(f.kind, f.title) for f in findings] == [
-        ("bug", "BUG: kernel NULL pointer dereference"),
+        ("page_fault", "BUG: unable to handle kernel NULL pointer dereference in kmtrig_nullptr"),
         ("panic", "Kernel panic - not syncing: Fatal exception"),
     ]
     oops = findings[0].excerpt
@@ -233,7 +233,7 @@ def test_report_truncated_at_end_of_log_still_found() -> None:
     assert (bare.kind, bare.title) == ("gpf", "general protection fault")
     # A half-written last line without a newline is still scanned.
     (half,) = parse_kernel_log("[    1.000000] BUG: kernel NULL pointer dereference, addr")
-    assert half.kind == "bug"
+    assert half.kind == "page_fault"
 
 
 def test_report_length_is_bounded() -> None:
@@ -283,20 +283,21 @@ def test_long_lines_are_handled() -> None:
             "kmtrig_warn.isra.0+0x5/0xc [kmtrig]",
             "WARNING in kmtrig_warn",
         ),
-        ("WARNING: CPU: 0 PID: 1 at kernel/foo.c:12", "WARNING in kernel/foo.c"),
+        # No symbol: the file and line name the place.
+        ("WARNING: CPU: 0 PID: 1 at kernel/foo.c:12", "WARNING in kernel/foo.c:12"),
         ("WARNING: mm/slub.c:4711 at kfree+0x12/0x40, CPU#0: swapper/0", "WARNING in kfree"),
-        ("WARNING: mm/slub.c:4711 at 0x0, CPU#0: swapper/0", "WARNING in mm/slub.c"),
+        ("WARNING: mm/slub.c:4711 at 0x0, CPU#0: swapper/0", "WARNING in mm/slub.c:4711"),
         (
             "WARNING: The mand mount option has been deprecated and",
             "WARNING: The mand mount option has been deprecated and",
         ),
         (
             "BUG: kernel NULL pointer dereference, address: 0000000000000000",
-            "BUG: kernel NULL pointer dereference",
+            "BUG: unable to handle kernel NULL pointer dereference",
         ),
         (
             "BUG: unable to handle page fault for address: ffffc90000a3f000",
-            "BUG: unable to handle page fault for address",
+            "BUG: unable to handle kernel paging request",
         ),
         (
             "Kernel panic - not syncing: sysrq triggered crash",
@@ -328,9 +329,50 @@ def test_long_lines_are_handled() -> None:
             "general protection fault",
         ),
         ("Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", "invalid opcode"),
-        ("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", "Oops: int3"),
+        ("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", "int3"),
+        ("int3: 0000 [#1] PREEMPT SMP PTI", "int3"),
+        ("divide error: 0000 [#1] PREEMPT SMP PTI", "divide error"),
+        ("Oops: divide error: 0000 [#1] PREEMPT SMP NOPTI", "divide error"),
+        ("double fault: 0000 [#1] PREEMPT SMP NOPTI", "double fault"),
+        ("PANIC: double fault, error_code: 0x0", "PANIC: double fault"),
+        ("Oops: stack segment: 0000 [#1] PREEMPT SMP", "Oops: stack segment"),
+        (
+            "BUG: TASK stack guard page was hit at 00000000192c781e "
+            "(stack is 000000006456e6f5..000000005e355950)",
+            "BUG: stack guard page was hit",
+        ),
+        ("stack guard page: 0000 [#1] PREEMPT SMP PTI", "kernel stack overflow"),
+        (
+            "BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580",
+            "BUG: sleeping function called from invalid context",
+        ),
+        (
+            "list_add double add: new=ffffc9000046ba28, prev=ffffc9000046ba18, "
+            "next=ffffc9000046ba28.",
+            "BUG: corrupted list",
+        ),
+        (
+            "WARNING: CPU: 0 PID: 108 at lib/refcount.c:28 refcount_warn_saturate+0xba/0x110",
+            "WARNING: refcount bug",
+        ),
+        (
+            "stress-ng-vm invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP"
+            "|__GFP_ZERO), order=0, oom_score_adj=1000",
+            "out of memory",
+        ),
+        (
+            "Out of memory: Killed process 181 (stress-ng-vm) total-vm:1067488kB, "
+            "anon-rss:940032kB, file-rss:256kB, shmem-rss:0kB, UID:0 pgtables:1892kB "
+            "oom_score_adj:1000",
+            "out of memory",
+        ),
+        (
+            "Memory cgroup out of memory: Killed process 5 (x) total-vm:1kB",
+            "memory cgroup out of memory",
+        ),
         ("Oops: Oops: 0002 [#1] PREEMPT SMP NOPTI", "Oops"),
-        ("kernel BUG at lib/list_debug.c:33!", "kernel BUG at lib/list_debug.c"),
+        ("kernel BUG at lib/list_debug.c:33!", "BUG: corrupted list"),
+        ("kernel BUG at mm/slub.c:33!", "kernel BUG at mm/slub.c:33"),
         ("BUG: scheduling while atomic: insmod/94/0x00000002", "BUG: scheduling while atomic"),
         (
             "BUG: KASAN: slab-out-of-bounds in kmtrig_oob.isra.0+0x41/0x60 [kmtrig]",
@@ -338,7 +380,7 @@ def test_long_lines_are_handled() -> None:
         ),
         (
             "UBSAN: shift-out-of-bounds in lib/foo.c:88:12",
-            "UBSAN: shift-out-of-bounds in lib/foo.c",
+            "UBSAN: shift-out-of-bounds in lib/foo.c:88",
         ),
     ],
 )
@@ -362,8 +404,11 @@ def test_titles_from_stacks() -> None:
     assert titles("real-6.12-rcu-stall.log") == ["INFO: rcu detected stall in kmtrig_spin"]
     assert titles("real-6.12-kernel-bug.log") == ["kernel BUG in kmtrig_bug"]
     assert titles("real-6.12-gpf.log") == ["general protection fault in kmtrig_gpf"]
-    assert titles("synthetic-6.1-lockdep.log") == [
-        "WARNING: possible circular locking dependency detected in kmtrig_abba"
+    assert titles("synthetic-6.1-lockdep.log") == ["possible deadlock in kmtrig_abba"]
+    assert titles("synthetic-6.1-ubsan.log") == ["UBSAN: shift-out-of-bounds in kmtrig_shift"]
+    assert titles("real-6.1-list-corruption.log") == ["BUG: corrupted list in kmtrig_list"]
+    assert titles("real-6.12-null-deref.log") == [
+        "BUG: unable to handle kernel NULL pointer dereference in kmtrig_nullptr"
     ]
 
 
