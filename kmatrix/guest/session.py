@@ -82,6 +82,11 @@ class GuestSession:
                     raise GuestTimeout(f"{name}: agent socket {path} did not open") from None
                 time.sleep(0.02)
 
+    @property
+    def requests(self) -> int:
+        """How many requests this session has sent (a change means the guest did something)."""
+        return self._seq
+
     def wait_ready(self, timeout: float) -> float:
         """Waits for the agent's hello; returns the guest uptime it reported."""
         try:
@@ -99,16 +104,41 @@ class GuestSession:
 
     def run(self, command: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
         """Runs a shell command in the guest under a guest-side and a host-side deadline."""
+        payload = base64.b64encode(command.encode()).decode()
+        tmo = max(1, int(timeout + 0.999))
+        result = self._request(command, lambda ident: f"KMX {ident} {tmo} {payload}", tmo)
+        # Shell commands only: they are what a reproducer can replay (kmsg reads and file
+        # writes are the agent's own requests).
+        if self.on_command is not None:
+            self.on_command(result, tmo)
+        if check and result.exit_status != 0:
+            raise CommandFailed(result)
+        return result
+
+    def kmsg(self, seq: int, rewind: bool = False) -> CommandResult:
+        """The kernel log records from sequence number `seq` on, as images/programs/kmx-kmsg
+        prints them; the agent runs it directly on its open /dev/kmsg, whose position is
+        where the previous call stopped (`rewind` starts from the oldest record instead)."""
+        flag = " -r" if rewind else ""
+        # kmx-kmsg's own deadline (alarm) is 20 s.
+        return self._request(
+            f"[kmsg from {seq}{flag}]", lambda i: f"KMX-KMSG {i} {seq}{flag}", 20, log=False
+        )
+
+    def _request(
+        self, command: str, line: Callable[[str], str], tmo: int, log: bool = True
+    ) -> CommandResult:
+        """Sends one request line (made from its id) and waits tmo + GRACE for its reply;
+        the transcript gets the output unless log is False."""
         if self.closed:
             raise GuestDied(f"{self.name}: the guest session is closed")
         self._seq += 1
         ident = f"{self._seq}"
-        payload = base64.b64encode(command.encode()).decode()
-        tmo = max(1, int(timeout + 0.999))
         start = time.monotonic()
         end = re.compile(rf"KMX-END {ident} (-?\d+)\r?\n".encode())
         try:
-            self._child.send(f"KMX {ident} {tmo} {payload}\n".encode())
+            # sendall: a file's worth of payload may not go in one write.
+            self._sock.sendall(f"{line(ident)}\n".encode())
             self._child.expect(end, timeout=tmo + GRACE)
         except pexpect.TIMEOUT:
             self.closed = True  # the agent is stuck in this command: nothing else can run
@@ -136,14 +166,11 @@ class GuestSession:
         stdout, stderr = self._decode(before, ident, command)
         result = CommandResult(command, stdout, stderr, status, time.monotonic() - start)
         if self._transcript is not None:
+            output = f"{stdout}{stderr}" if log else ""
             self._transcript.write(
-                f"$ {command}\n{stdout}{stderr}[exit {status}, {result.duration:.2f}s]\n"
+                f"$ {command}\n{output}[exit {status}, {result.duration:.2f}s]\n"
             )
             self._transcript.flush()
-        if self.on_command is not None:
-            self.on_command(result, tmo)
-        if check and status != 0:
-            raise CommandFailed(result)
         return result
 
     def _decode(self, before: bytes, ident: str, command: str) -> tuple[str, str]:
@@ -165,9 +192,19 @@ class GuestSession:
         return self.run(f"cat {shlex.quote(path)}", timeout=timeout, check=True).stdout
 
     def write_file(self, path: str, data: str | bytes, timeout: float = 30.0) -> None:
+        """Writes data to a guest file. The bytes follow the request line as base64 of a
+        declared length, which the agent reads in blocks (fast enough for a module)."""
         raw = data.encode() if isinstance(data, str) else data
-        b64 = base64.b64encode(raw).decode()
-        self.run(f"echo {b64} | base64 -d > {shlex.quote(path)}", timeout=timeout, check=True)
+        b64 = base64.b64encode(raw)
+        name = base64.b64encode(path.encode()).decode()
+        tmo = max(1, int(timeout + 0.999))
+
+        def line(ident: str) -> str:
+            return f"KMX-PUT {ident} {len(b64)} {name}\n{b64.decode()}"
+
+        result = self._request(f"[write {path}, {len(raw)} bytes]", line, tmo)
+        if result.exit_status != 0:
+            raise CommandFailed(result)
 
     def dmesg(self, timeout: float = 30.0) -> str:
         return self.run("dmesg", timeout=timeout, check=True).stdout
