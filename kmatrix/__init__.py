@@ -26,6 +26,8 @@ _EXPORTS = {
     "fmt_size": "kmatrix.config.yamlnode",
     "load_matrix": "kmatrix.kernels.registry",
     "KernelArtifact": "kmatrix.kernels.artifact",
+    "build_module": "kmatrix.kernels.extmod",
+    "crash_module": "kmatrix.kernels.extmod",
     "Guest": "kmatrix.guest.guest",
     "GuestSession": "kmatrix.guest.session",
     "CommandResult": "kmatrix.guest.session",
@@ -60,6 +62,8 @@ __all__ = [
     "QemuDevice",
     "__version__",
     "base_modules",
+    "build_module",
+    "crash_module",
     "findings_summary",
     "fmt_size",
     "load_matrix",
@@ -97,6 +101,7 @@ if TYPE_CHECKING:
     from kmatrix.guest.logmark import LogMark, log_mark, new_log
     from kmatrix.guest.session import CommandFailed, CommandResult, GuestSession
     from kmatrix.kernels.artifact import KernelArtifact
+    from kmatrix.kernels.extmod import build_module, crash_module
     from kmatrix.kernels.registry import load_matrix
     from kmatrix.pytest.helpers import require_config
     from kmatrix.results.logparse import Finding, findings_summary, parse_kernel_log
