@@ -4,6 +4,7 @@ or rebooted for clean guests, stopped after its last test. Knows nothing of pyte
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from kmatrix.errors import (
     KmatrixError,
 )
 from kmatrix.guest.guest import BootFailure, Guest
+from kmatrix.results.charges import attribute
 from kmatrix.results.logparse import parse_kernel_log
 from kmatrix.results.runs import write_json_atomic
 from kmatrix.results.schema import FindingRecord
@@ -39,6 +41,11 @@ class CellPool:
         self.dirty: set[str] = set()  # cells whose guest ran a test since its boot or restore
         self.no_restore: dict[str, str] = {}  # cell id -> why its clean guests are reboots
         self.recovered: dict[str, str] = {}  # cell id -> the VM death its guest replaced
+        # Kernel reports the log guard charged to tests or to the cell (results.charges).
+        self.charges: dict[str, list[FindingRecord]] = {}
+        # Called with a cell's Guest before its VM stops or is replaced (the log guard reads
+        # what is left of its kernel log).
+        self.before_vm_ends: list[Callable[[Guest], None]] = []
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
@@ -110,6 +117,7 @@ class CellPool:
         Returns how, for the test's properties."""
         g = self.guests[cell.id]
         self.recovered.pop(cell.id, None)
+        self._vm_ends(g)
         if g.has_snapshot and cell.id not in self.no_restore:
             try:
                 took = g.restore(f"clean guest for {nodeid}")
@@ -155,9 +163,14 @@ class CellPool:
         if g is None:
             return
         try:
+            self._vm_ends(g)
             g.stop()
         finally:
             self.record(g)
+
+    def _vm_ends(self, g: Guest) -> None:
+        for callback in self.before_vm_ends:
+            callback(g)
 
     def record(self, g: Guest) -> None:
         """Leaves the cell's boot record and kernel-log findings beside its logs."""
@@ -179,6 +192,7 @@ class CellPool:
             if path.is_file():
                 for f in parse_kernel_log(path.read_text(errors="replace")):
                     findings.append(FindingRecord(**asdict(f), source=name))
+        findings = attribute(findings, self.charges.pop(g.cell.id, []))
         with contextlib.suppress(OSError):
             write_json_atomic(g.outdir / "boot.json", boot.to_json())
             write_json_atomic(g.outdir / "findings.json", [f.to_json() for f in findings])

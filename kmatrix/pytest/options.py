@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.pytest import progress, suites
+from kmatrix.pytest import logguard, progress, suites
 
 SUITE_MARKERS = {
     "boot": "boot smoke tests: userspace, release, CPUs, CPU flags, clean kernel log, poweroff",
@@ -56,6 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "handed to xdist workers (default for -n: the last results.json in the reports dir)",
     )
     progress.add_option(g)
+    logguard.add_option(g)
     g.addoption(
         "--kmatrix-gate",
         choices=("all", "series"),

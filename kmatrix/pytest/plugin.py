@@ -24,7 +24,7 @@ from kmatrix.errors import (
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
 from kmatrix.kernels.source import with_series_upto
-from kmatrix.pytest import progress, suites
+from kmatrix.pytest import logguard, progress, suites
 
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
 # live in the modules of their concern are re-exported here.
@@ -64,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "kmatrix_clean: run on a just-booted guest (the cell's post-boot snapshot restored, "
         "else a reboot)",
     )
+    logguard.register(config)
     path = _matrix_path(config)
     try:
         matrix = load_matrix(path) if path is not None else None

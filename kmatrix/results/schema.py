@@ -487,7 +487,14 @@ class FindingRecord(Record):
     line: int = 0  # 1-based line of the report in the log
     timestamp: float | None = None  # printk timestamp of that line
     excerpt: str = ""
-    source: str = ""  # the log file (dmesg.log, console.log, ...)
+    source: str = ""  # the log file (dmesg.log, console.log, ...; kmsg: read by the log guard)
+    caller: str | None = None  # printk caller id of the report ("T123", "C1"), if printed
+    # Where the log guard (kmatrix.pytest.logguard) charged it; phase "" when it did not see it.
+    phase: str = ""  # test | between (two tests) | teardown (after the cell's last test)
+    test: str = ""  # phase test: the node id of the test it failed (or that allowed it)
+    after: str = ""  # phase between/teardown: the test that ran before it
+    allowed: bool = False  # the test declared its kind with kmatrix_allow
+    seq: int | None = None  # /dev/kmsg sequence number of its first record
 
 
 @dataclass(frozen=True, kw_only=True)
