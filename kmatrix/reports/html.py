@@ -18,6 +18,7 @@ from typing import Any
 
 from kmatrix.reports import reproduce
 from kmatrix.reports.attribution import RunAttribution
+from kmatrix.results.charges import charge_note
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import (
@@ -134,7 +135,9 @@ def cell_data(
     findings = []
     for f in cell.findings:
         issue = known.for_finding(cell, f)
-        findings.append({**f.to_json(), "known": issue.id if issue else ""})
+        findings.append(
+            {**f.to_json(), "known": issue.id if issue else "", "charged": charge_note(f)}
+        )
     base_values = metric_values(baseline) if baseline is not None else {}
     metrics = [
         {"label": metric_label(k), "value": v, "baseline": base_values.get(k)}
@@ -206,7 +209,7 @@ def _matrix_html(
             badges = []
             nf = len(d["findings"])
             if nf:
-                unknown = sum(1 for f in d["findings"] if not f["known"])
+                unknown = sum(1 for f in d["findings"] if not (f["known"] or f.get("allowed")))
                 cls = "bad" if unknown else "warn"
                 badges.append(f'<span class="badge {cls}">{nf} finding{"s" * (nf != 1)}</span>')
             if comparison is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
 from kmatrix.reports.attribution import RunAttribution
+from kmatrix.results.charges import charge_note
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import Run, failure_message, read_artifact
 from kmatrix.results.schema import CellResult, TestResult
@@ -99,7 +100,12 @@ def suites(run: Run, known: KnownIssues | None = None) -> list[TestSuite]:
     out = []
     for cell in run.cells:
         recs = run.results_of(cell.id)
-        stderr = "\n\n".join(f"{f.kind}: {f.title}\n{f.excerpt}" for f in cell.findings)
+        stderr = "\n\n".join(
+            f"{f.kind}: {f.title}"
+            + (f" ({charge_note(f)})" if charge_note(f) else "")
+            + f"\n{f.excerpt}"
+            for f in cell.findings
+        )
         out.append(
             TestSuite(
                 name=cell.id,

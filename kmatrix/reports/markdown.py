@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kmatrix.reports.attribution import RunAttribution
 from kmatrix.reports.html import display_status
+from kmatrix.results.charges import charge_note
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
 from kmatrix.results.runs import Run, failure_message, layout, result_name
@@ -89,6 +90,8 @@ def _findings(run: Run, known: KnownIssues) -> list[str]:
         for f in c.findings:
             issue = known.for_finding(c, f)
             tag = f" — known issue `{issue.id}`" if issue else ""
+            if charge_note(f):
+                tag += f" — {_cell_text(charge_note(f))}"
             what = f"{_cell_text(f.kind)}: {_cell_text(f.title)}"
             items.append(f"- `{_cell_text(c.id)}` {what}{tag}")
     if not items:

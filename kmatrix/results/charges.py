@@ -46,3 +46,18 @@ def attribute(
             )
     out += [c for i, c in enumerate(charges) if i not in matched]
     return out
+
+
+def charge_note(finding: FindingRecord) -> str:
+    """Where a finding was charged, for reports: "during test_x (allowed)", "between tests,
+    after test_x", "after the last test, test_x"; "" when the log guard did not see it."""
+    short = (finding.test or finding.after).split("::")[-1]
+    if finding.phase == "test":
+        note = f"during {short}"
+    elif finding.phase == "between":
+        note = f"between tests, after {short}" if short else "between tests"
+    elif finding.phase == "teardown":
+        note = f"after the last test, {short}" if short else "after the last test"
+    else:
+        return ""
+    return note + (" (allowed)" if finding.allowed else "")

@@ -97,7 +97,9 @@
     detail.appendChild(el("h3", {text: "Kernel-log findings (" + c.findings.length + ")"}));
     if (!c.findings.length) { detail.appendChild(el("p", {"class": "small", text: "none"})); }
     c.findings.forEach(function (f) {
-      var head = f.kind + ": " + f.title + " (" + (f.source || "log") + " line " + f.line + ")";
+      var where = f.source === "kmsg" ? " seq " + f.seq : " line " + f.line;
+      var head = f.kind + ": " + f.title + " (" + (f.source || "log") + where + ")";
+      if (f.charged) { head += " \u2014 " + f.charged; }
       var d = block(head, f.excerpt || "", true);
       d.classList.add("finding");
       if (f.known) { d.firstChild.appendChild(el("span", {"class": "badge warn", text: "known: " + f.known})); }
