@@ -471,3 +471,69 @@ def test_arm64_oops_is_one_finding() -> None:
         ("oops", "Unable to handle kernel NULL pointer dereference in kmtrig_nullptr", 1),
         ("panic", "Kernel panic - not syncing: Oops: Fatal exception", 13),
     ]
+
+
+# --- reports from two CPUs at once --------------------------------------------------------
+
+
+def test_interleaved_reports_are_split_by_caller_id() -> None:
+    """Two WARNs from two CPUs, interleaved as the 6.12 kernel printed them (one record of
+    the first, the whole second, the rest of the first), with the caller ids a
+    CONFIG_PRINTK_CALLER kernel adds: each report keeps its own lines and function."""
+    a, b = parse_golden(LOGS / "synthetic-6.12-twin-callers.log")
+    assert (a.title, a.caller, b.title, b.caller) == (
+        "WARNING in kmx_crash_twin_a", "T188", "WARNING in kmx_crash_twin_b", "T189",
+    )  # fmt: skip
+    assert "RIP: 0010:kmx_crash_twin_a" in a.excerpt and "twin_b" not in a.excerpt
+    assert "RIP: 0010:kmx_crash_twin_b" in b.excerpt and "twin_a" not in b.excerpt
+    assert a.excerpt.count("---[ end trace") == b.excerpt.count("---[ end trace") == 1
+
+
+def test_interleaved_reports_without_caller_ids_keep_their_titles() -> None:
+    """The same interleaving as printed (no caller ids): a new header ends the open
+    report, and each report is still titled from its own header."""
+    text = read_log("synthetic-6.12-twin-callers.log")
+    plain = re.sub(r"\]\[\s*T\d+\]", "]", text)
+    assert [(f.title, f.caller) for f in parse_kernel_log(plain)] == [
+        ("WARNING in kmx_crash_twin_a", None), ("WARNING in kmx_crash_twin_b", None),
+    ]  # fmt: skip
+
+
+def test_another_cpus_backtrace_joins_the_open_report() -> None:
+    """An RCU stall seen from CPU 0 asks CPU 1 for its backtrace, printed from NMI context
+    (caller C1): it joins the stall report, whose function it names."""
+    lines = read_log("real-6.12-rcu-stall-irqs-off.log").split("\n")
+    nmi = next(i for i, line in enumerate(lines) if "NMI backtrace for cpu 1" in line)
+
+    def caller(i: int, line: str) -> str:
+        return re.sub(r"^(\[\s*\d+\.\d+\])", rf"\1[{'C1' if i >= nmi else 'C0':>6}]", line)
+
+    (f,) = parse_kernel_log("\n".join(caller(i, line) for i, line in enumerate(lines)))
+    assert (f.kind, f.title, f.caller) == (
+        "rcu_stall", "INFO: rcu detected stall in kmtrig_spin_irqoff", "C0",
+    )  # fmt: skip
+    assert "NMI backtrace for cpu 1" in f.excerpt
+
+
+def test_caller_ids_without_timestamps_are_kernel_lines() -> None:
+    """printk.time=0 with CONFIG_PRINTK_CALLER: "[  T95] text". The caller id marks a
+    kernel line as well as a timestamp does."""
+    lines = read_log("real-6.1-warn.log").split("\n")
+    bare = "\n".join(re.sub(r"^\[\s*\d+\.\d+\]", "[   T95]", line) for line in lines)
+    (f,) = parse_kernel_log(bare)
+    assert (f.title, f.timestamp, f.caller) == ("WARNING in kmtrig_warn", None, "T95")
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_every_provoked_report_class_is_found(kernel: str) -> None:
+    """The /dev/kmsg records of kmx_crash's provocations on Debian's kernels (captured by
+    tests/test_provoke.py): each report class once, named after its kmx_crash_ function."""
+    findings = parse_golden(LOGS / f"kmsg-{kernel}-provoked.log")
+    kinds = {f.kind for f in findings}
+    assert kinds >= {
+        "warning", "refcount", "atomic_sleep", "hung_task", "soft_lockup", "rcu_stall",
+        "list_corruption", "bug", "page_fault", "divide_error", "invalid_opcode", "gpf",
+    }  # fmt: skip
+    assert all("kmx_crash_" in f.title for f in findings), findings_summary(findings)
+    fatal = parse_golden(LOGS / f"real-{kernel}-provoked-fatal.log")
+    assert {f.kind for f in fatal} == {"panic", "int3", "stack_overflow"}
