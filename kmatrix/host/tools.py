@@ -41,6 +41,10 @@ HOST_PACKAGES: dict[str, str] = {
     "libssl-dev": "/usr/include/openssl/ssl.h",
     "ccache": "/usr/bin/ccache",
     "patch": "/usr/bin/patch",
+    # Out-of-tree modules (kmx_crash) against Debian's linux-headers packages, whose Makefile
+    # names gcc-12, and stripped of debug info (kmatrix.kernels.extmod).
+    "gcc-12": "/usr/bin/gcc-12",
+    "binutils": "/usr/bin/strip",
 }
 # Only the project's own tests need these: the HTML report is checked in a real browser.
 TEST_PACKAGES: dict[str, str] = {
