@@ -8,6 +8,7 @@ booted with printk.time=0 (so no console or dmesg line carries a timestamp): kmx
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,13 @@ def test_run_fails_on_the_reports(run: KmatrixRun) -> None:
         r["test"].split("::")[-1] for r in run.results()["results"] if r["outcome"] == "failed"
     }
     assert failed == {"test_b_warns", "test_g_fails_and_oopses"}
+
+
+def test_an_unknown_kind_in_the_marker_is_a_usage_error(tmp_path: Path) -> None:
+    case = tmp_path / "test_bad_marker.py"
+    case.write_text(
+        "import pytest\n\n@pytest.mark.kmatrix_allow('warnings')\ndef test_x(cell):\n    pass\n"
+    )
+    run = run_kmatrix_pytest([case], tmp_path / "reports", "--collect-only", "-q")
+    assert run.proc.returncode == 4, run.log
+    assert "kmatrix_allow('warnings',): unknown kind 'warnings' (kinds: panic, oops" in run.log

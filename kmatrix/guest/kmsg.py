@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kmatrix.errors import GuestError
 from kmatrix.guest.session import GuestSession
@@ -110,24 +111,53 @@ def render(records: Iterable[KmsgRecord], kernel_only: bool = False) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-# Where the agent's /dev/kmsg descriptor stands, per session (a restored or rebooted VM has
-# a new session, and its agent a descriptor whose position is unknown here).
-_positions: weakref.WeakKeyDictionary[GuestSession, int] = weakref.WeakKeyDictionary()
+@dataclass
+class _Cursor:
+    """Where the agent's /dev/kmsg descriptor stands in one session, and the records read
+    so far (the newest CACHE_RECORDS), so that a mark behind that position (a test's, while
+    the log guard reads on) costs no rewind."""
+
+    pos: int
+    cache: deque[KmsgRecord] = field(default_factory=deque)
 
 
-def read_kmsg(session: GuestSession, seq: int | None = None) -> KmsgRead:
-    """The records from sequence number `seq` on (None: from where the last read stopped,
-    i.e. only what is new). GuestError if the guest cannot read its log."""
-    pos = _positions.get(session)
-    if seq is None:
-        seq = pos if pos is not None else 0
-    rewind = pos is None or seq < pos
+CACHE_RECORDS = 20_000
+# Per session: a restored or rebooted VM has a new session, and its agent a descriptor whose
+# position is unknown here.
+_cursors: weakref.WeakKeyDictionary[GuestSession, _Cursor] = weakref.WeakKeyDictionary()
+
+
+def _fetch(session: GuestSession, seq: int, rewind: bool) -> KmsgRead:
     result = session.kmsg(seq, rewind=rewind)
     if result.exit_status != 0:
         raise GuestError(
             f"{session.name}: reading the kernel log failed (status {result.exit_status}): "
             + (result.stderr.strip() or "no /dev/kmsg in the guest")
         )
-    read = parse_kmsg(result.stdout)
-    _positions[session] = read.next
-    return read
+    return parse_kmsg(result.stdout)
+
+
+def read_kmsg(session: GuestSession, seq: int | None = None) -> KmsgRead:
+    """The records from sequence number `seq` on (None: from where the last read stopped,
+    i.e. only what is new). GuestError if the guest cannot read its log."""
+    cur = _cursors.get(session)
+    if cur is not None:
+        cached_from = cur.cache[0].seq if cur.cache else cur.pos
+        want = cur.pos if seq is None else seq
+        if want >= cached_from:
+            got = _fetch(session, cur.pos, rewind=False)
+            cur.cache.extend(got.records)
+            while len(cur.cache) > CACHE_RECORDS:
+                cur.cache.popleft()
+            cur.pos = got.next
+            newest: list[KmsgRecord] = []
+            for r in reversed(cur.cache):
+                if r.seq < want:
+                    break
+                newest.append(r)
+            records = tuple(reversed(newest))
+            return KmsgRead(records, got.next, records[0].seq if records else got.next, got.lost)
+    # Unknown position, or a mark older than what is cached: read from the oldest record.
+    got = _fetch(session, seq or 0, rewind=True)
+    _cursors[session] = _Cursor(got.next, deque(got.records[-CACHE_RECORDS:]))
+    return got

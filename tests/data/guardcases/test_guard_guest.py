@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kmatrix import Cell, GuestSession, KernelArtifact, crash_module
+from kmatrix import Cell, GuestSession, KernelArtifact, crash_module, log_mark, new_log
 
 
 @pytest.fixture
@@ -40,7 +40,10 @@ def test_c_quiet_after(guest: GuestSession) -> None:
 
 @pytest.mark.kmatrix_allow("warning", match=r"^WARNING in kmx_crash_warn$")
 def test_d_allowed_warning(crash: GuestSession) -> None:
+    # The test reads the log itself too: the guard still sees the report.
+    mark = log_mark(crash)
     crash.run("echo warn > /proc/kmx_crash", check=True)
+    assert "WARNING: CPU:" in new_log(crash, mark)
 
 
 @pytest.fixture
