@@ -95,11 +95,14 @@ def test_every_report_is_charged_in_results(run: KmatrixRun, cell: str) -> None:
         # The teardown of test_e: charged to the cell, after test_e, when test_f set up.
         ("refcount", "WARNING: refcount bug in kmx_crash_refcount", "", "between"),
         ("divide_error", "divide error in kmx_crash_div", "test_g_fails_and_oopses", "test"),
+        # The teardown of the cell's last test: charged to the cell before its VM stopped.
+        ("warning", "WARNING in kmx_crash_warn", "", "teardown"),
     ], findings
     between = next(f for f in findings if f.get("phase") == "between")
     assert between["after"].endswith(f"test_e_teardown_warns[{cell}]")
+    assert findings[-1]["after"].endswith(f"test_g_fails_and_oopses[{cell}]")
     allowed = [f.get("allowed") for f in findings if "phase" in f]
-    assert allowed == [False, True, False, False]
+    assert allowed == [False, True, False, False, False]
 
 
 def test_without_timestamps_only_the_guard_sees_the_reports(run: KmatrixRun) -> None:
@@ -107,7 +110,7 @@ def test_without_timestamps_only_the_guard_sees_the_reports(run: KmatrixRun) -> 
     give no finding; the reports the guard read by sequence number are still all there."""
     findings = cell_findings(run, NO_TIME)
     assert {f["source"] for f in findings} == {"kmsg"}, findings
-    assert len(findings) == 4
+    assert len(findings) == 5
 
 
 def test_run_fails_on_the_reports(run: KmatrixRun) -> None:

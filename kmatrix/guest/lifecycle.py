@@ -43,9 +43,9 @@ class CellPool:
         self.recovered: dict[str, str] = {}  # cell id -> the VM death its guest replaced
         # Kernel reports the log guard charged to tests or to the cell (results.charges).
         self.charges: dict[str, list[FindingRecord]] = {}
-        # Called with a cell's Guest before its VM stops or is replaced (the log guard reads
-        # what is left of its kernel log).
-        self.before_vm_ends: list[Callable[[Guest], None]] = []
+        # Called with a cell's Guest and "stop" or "replace" before its VM stops or is
+        # replaced by a clean one (the log guard reads what is left of its kernel log).
+        self.before_vm_ends: list[Callable[[Guest, str], None]] = []
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
@@ -117,7 +117,7 @@ class CellPool:
         Returns how, for the test's properties."""
         g = self.guests[cell.id]
         self.recovered.pop(cell.id, None)
-        self._vm_ends(g)
+        self._vm_ends(g, "replace")
         if g.has_snapshot and cell.id not in self.no_restore:
             try:
                 took = g.restore(f"clean guest for {nodeid}")
@@ -163,14 +163,14 @@ class CellPool:
         if g is None:
             return
         try:
-            self._vm_ends(g)
+            self._vm_ends(g, "stop")
             g.stop()
         finally:
             self.record(g)
 
-    def _vm_ends(self, g: Guest) -> None:
+    def _vm_ends(self, g: Guest, why: str) -> None:
         for callback in self.before_vm_ends:
-            callback(g)
+            callback(g, why)
 
     def record(self, g: Guest) -> None:
         """Leaves the cell's boot record and kernel-log findings beside its logs."""

@@ -171,18 +171,21 @@ class LogGuard:
     def _hook_pool(self, pool: CellPool) -> None:
         if id(pool) not in self._hooked:
             self._hooked.add(id(pool))
-            pool.before_vm_ends.append(lambda g: self._leftovers(pool, g))
+            pool.before_vm_ends.append(lambda g, why: self._leftovers(pool, g, why))
 
-    def _leftovers(self, pool: CellPool, g: Guest) -> None:
-        """Before a cell's VM stops or is replaced: the rest of its log goes to the cell."""
-        w = self.watches.pop(g.cell.id, None)
-        if w is None or not g.alive or w.session is not g.session:
-            return
+    def _leftovers(self, pool: CellPool, g: Guest, why: str) -> None:
+        """Before a cell's VM stops (why == "stop") or is replaced by a clean one: the rest
+        of its log goes to the cell."""
+        w = self.watches.get(g.cell.id)
         try:
-            reports = self._read(g)
+            if w is not None and g.alive and w.session is g.session:
+                reports = self._read(g)
+                phase = "teardown" if why == "stop" else "between"
+                self._charge(pool, g.cell, reports, "", phase, w.last_test)
         except (KmatrixError, OSError):
-            return  # the cell's logs still have whatever it printed
-        self._charge(pool, g.cell, reports, "", "teardown", w.last_test)
+            pass  # the cell's logs still have whatever it printed
+        finally:
+            self.watches.pop(g.cell.id, None)
 
     # --- hooks ----------------------------------------------------------------------------
 

@@ -60,6 +60,12 @@ def test_f_quiet_last(guest: GuestSession) -> None:
     guest.run("true", check=True)
 
 
-def test_g_fails_and_oopses(crash: GuestSession) -> None:
+@pytest.fixture
+def warns_at_the_end(crash: GuestSession) -> Iterator[None]:
+    yield
+    crash.run("echo warn > /proc/kmx_crash", check=True)
+
+
+def test_g_fails_and_oopses(crash: GuestSession, warns_at_the_end: None) -> None:
     crash.run("echo div > /proc/kmx_crash")
     raise AssertionError("the test's own failure")
