@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kmatrix.build.builder import BuiltKernel
 from kmatrix.config.specs import KernelSpec
 from kmatrix.errors import ArtifactError
 from kmatrix.kernels import extmod
@@ -83,3 +84,20 @@ def test_a_compile_error_names_the_compiler_output(cloud61: object, tmp_path: Pa
     (tmp_path / "broken.c").write_text("#include <linux/module.h>\nint x = not_declared;\n")
     with pytest.raises(ArtifactError, match="not_declared"):
         build_module(resolve(spec), spec, tmp_path)
+
+
+def test_source_builds_use_their_cached_source_and_object_trees(tmp_path: Path) -> None:
+    built = BuiltKernel(
+        key="k123", directory=tmp_path, image=tmp_path / "out/arch/x86/boot/bzImage",
+        config_path=tmp_path / "out/.config", modules_root=None, log=tmp_path / "build.log",
+        source="linux-source-6.1", version="6.1.192",
+    )  # fmt: skip
+    kernel = KernelArtifact(
+        name="b", image=built.image, boot_image=built.image, release="6.1.192",
+        version_string="", config_path=built.config_path, modules_dir=None,
+        config={"CONFIG_MODULES": "y"}, build=built,
+    )  # fmt: skip
+    files = extmod.build_files(kernel, KernelSpec(name="b", source="build", location="x"))
+    assert (files.make_dir, files.obj_dir, files.identity) == (
+        tmp_path / "src", tmp_path / "out", "k123",
+    )  # fmt: skip
