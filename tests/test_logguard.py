@@ -18,8 +18,10 @@ from conftest import DATA, ROOT, JunitCase, KmatrixRun, run_kmatrix_pytest, two_
 CASES = DATA / "guardcases" / "test_guard_guest.py"
 CELLS = ("deb-6.1-cloud/Nehalem/virtio", "deb-6.12-cloud/Haswell/virtio")
 NO_TIME = "deb-6.12-cloud/Haswell/virtio"  # booted with printk.time=0
-PASSING = ("test_a_quiet_before", "test_c_quiet_after", "test_d_allowed_warning")
-PASSING += ("test_e_teardown_warns", "test_f_quiet_last")
+PASSING = (
+    "test_a_quiet_before", "test_c_quiet_after", "test_d_allowed_warning",
+    "test_e_teardown_warns", "test_f_quiet_last",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,7 @@ def cell_findings(run: KmatrixRun, cell: str) -> list[dict[str, Any]]:
     return [f for f in entry["findings"] if not f["source"].startswith("console")]
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_warning_fails_exactly_the_test_that_provoked_it(
     cases: dict[str, JunitCase], cell: str
@@ -60,17 +63,20 @@ def test_the_warning_fails_exactly_the_test_that_provoked_it(
         assert kind == "passed", (test, kind, text[:2000])
 
 
+@pytest.mark.boot
 def test_printk_time_0_took_effect(cases: dict[str, JunitCase]) -> None:
     assert cases[f"test_a_quiet_before[{NO_TIME}]"].properties["printk_time"] == "N"
     assert cases[f"test_a_quiet_before[{CELLS[0]}]"].properties["printk_time"] == "Y"
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("cell", CELLS)
 def test_allowed_report_is_recorded_not_failed(cases: dict[str, JunitCase], cell: str) -> None:
     props = cases[f"test_d_allowed_warning[{cell}]"].properties
     assert props["kmatrix.kernel_log"] == "warning: WARNING in kmx_crash_warn (allowed)"
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_failed_test_gets_the_reports_with_its_own_failure(
     cases: dict[str, JunitCase], cell: str
@@ -81,6 +87,7 @@ def test_a_failed_test_gets_the_reports_with_its_own_failure(
     assert "divide_error: divide error in kmx_crash_div" in text, text[-3000:]
 
 
+@pytest.mark.boot
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_report_is_charged_in_results(run: KmatrixRun, cell: str) -> None:
     findings = cell_findings(run, cell)
@@ -105,6 +112,7 @@ def test_every_report_is_charged_in_results(run: KmatrixRun, cell: str) -> None:
     assert allowed == [False, True, False, False, False]
 
 
+@pytest.mark.boot
 def test_without_timestamps_only_the_guard_sees_the_reports(run: KmatrixRun) -> None:
     """With printk.time=0 the console and dmesg lines have no timestamp, so the cell's logs
     give no finding; the reports the guard read by sequence number are still all there."""
@@ -113,6 +121,7 @@ def test_without_timestamps_only_the_guard_sees_the_reports(run: KmatrixRun) -> 
     assert len(findings) == 5
 
 
+@pytest.mark.boot
 def test_run_fails_on_the_reports(run: KmatrixRun) -> None:
     assert run.proc.returncode == 1, run.log
     failed = {

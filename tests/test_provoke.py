@@ -36,6 +36,8 @@ from kmatrix.kernels import load_matrix
 from kmatrix.kernels.extmod import crash_module
 from kmatrix.results.logparse import Finding, findings_summary, parse_kernel_log
 
+pytestmark = pytest.mark.boot
+
 CELLS = {"6.1": "deb-6.1-cloud/Nehalem/virtio", "6.12": "deb-6.12-cloud/Haswell/virtio"}
 SPIN = 5  # seconds softlockup and rcustall keep their CPU, hung sleeps
 
