@@ -28,7 +28,10 @@ from kmatrix.config.specs import (
     KernelSpec,
     Matrix,
     Rule,
+    Suites,
 )
+from kmatrix.config.suites import kernel_args as suite_kernel_args
+from kmatrix.config.suites import merge, parse_suite_rules, parse_suites
 from kmatrix.config.yamlnode import NAME_RE, NodeReader, compose_file, unique
 from kmatrix.errors import MatrixError
 
@@ -38,12 +41,12 @@ EXPECT_OUTCOMES = ("pass", "no-boot", "build-fail", "fail")
 # documents exactly these; tests/test_docs.py checks it).
 MATRIX_KEYS = (
     "name", "description", "defaults", "kernels", "cpus", "devices", "include", "exclude",
-    "expect",
+    "expect", "suites",
 )  # fmt: skip
 MATRIX_REQUIRED = ("kernels", "cpus", "devices")
 DEFAULTS_KEYS = ("memory", "smp", "boot_timeout", "test_timeout", "accel", "kernel_args")
 # A kernel entry: these plus exactly one source kind's key (deb, image, tree, build, ...).
-KERNEL_KEYS = ("name", "modules", "config", "release", "kernel_args")
+KERNEL_KEYS = ("name", "modules", "config", "release", "kernel_args", "suites")
 KERNEL_REQUIRED = ("name",)
 CPU_KEYS = ("name", "model", "flags", "absent", "smp")
 CPU_REQUIRED = ("name",)
@@ -72,6 +75,7 @@ def _kernel(
     config = r.file(m["config"][1], f"{key}.config") if "config" in m else None
     release = r.string(m["release"][1], f"{key}.release") if "release" in m else None
     kargs = r.args(m["kernel_args"][1], f"{key}.kernel_args") if "kernel_args" in m else ()
+    suites = parse_suites(r, m["suites"][1], f"{key}.suites") if "suites" in m else None
     origin = f"{r.path}:{node.start_mark.line + 1}"
     twin = None
     if parsed.baseline is not None:
@@ -87,6 +91,7 @@ def _kernel(
             build=parsed.baseline,
             baseline_of=name,
             baseline_label=parsed.baseline_label,
+            suites=suites,
         )
     spec = KernelSpec(
         name=name,
@@ -101,6 +106,7 @@ def _kernel(
         build=parsed.build,
         baseline=twin.name if twin is not None else "",
         baseline_label=parsed.baseline_label,
+        suites=suites,
     )
     return spec, twin
 
@@ -241,6 +247,9 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
         _expectation(r, n, f"expect[{i}]", names, built)
         for i, n in enumerate(r.seq(m["expect"][1], "expect") if "expect" in m else [])
     )
+    suites, suite_rules = (
+        parse_suite_rules(r, m["suites"][1], "suites", names) if "suites" in m else (Suites(), ())
+    )
     mat = Matrix(
         path=path,
         name=name,
@@ -252,6 +261,8 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
         include=rules.get("include", ()),
         exclude=rules.get("exclude", ()),
         expect=expect,
+        suites=suites,
+        suite_rules=suite_rules,
     )
     cells = expand(mat)
     _check_maxmem(cells)
@@ -291,6 +302,10 @@ def expand(mat: Matrix) -> tuple[Cell, ...]:
                     continue
                 if any(r.matches(n, c.name, dev.name) for r in mat.exclude for n in names):
                     continue
+                suites = merge(mat.suites, k.suites)
+                for rule in mat.suite_rules:
+                    if any(rule.matches(n, c.name, dev.name) for n in names):
+                        suites = merge(suites, rule.suites)
                 out.append(
                     Cell(
                         kernel=k,
@@ -301,8 +316,12 @@ def expand(mat: Matrix) -> tuple[Cell, ...]:
                         boot_timeout=d.boot_timeout,
                         test_timeout=d.test_timeout,
                         accel=d.accel,
-                        kernel_args=d.kernel_args + k.kernel_args + dev.kernel_args,
+                        kernel_args=d.kernel_args
+                        + k.kernel_args
+                        + dev.kernel_args
+                        + suite_kernel_args(suites),
                         expect=tuple(e for e in mat.expect if e.matches(k.name, c.name, dev.name)),
+                        suites=suites,
                     )
                 )
     return tuple(out)

@@ -33,6 +33,56 @@ BASELINE_SUFFIX = "+baseline"
 
 
 @dataclass(frozen=True)
+class KselftestTarget:
+    """One kselftest target (a directory of tools/testing/selftests) a cell runs."""
+
+    name: str
+    tests: tuple[str, ...] = ()  # globs on its program names; () = every program
+    timeout: float | None = None  # per-program timeout; None: the target's `settings`
+    origin: str = ""  # "file:line"
+
+
+@dataclass(frozen=True)
+class KselftestSpec:
+    targets: tuple[KselftestTarget, ...] = ()
+    timeout: float | None = None  # per-program timeout for every target without its own
+    source: str | None = None  # where the selftests come from, when not the kernel's source
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class KunitSpec:
+    filter: str | None = None  # kunit.filter_glob
+    enabled: bool = True
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Suites:
+    """The kernel's own tests a cell runs (kmatrix.config.suites)."""
+
+    kselftest: KselftestSpec | None = None
+    kunit: KunitSpec | None = None
+
+
+@dataclass(frozen=True)
+class SuiteRule:
+    """Suites for the cells whose kernel, cpu and device match these globs (cell level)."""
+
+    suites: Suites
+    kernel: str = "*"
+    cpu: str = "*"
+    device: str = "*"
+
+    def matches(self, kernel: str, cpu: str, device: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(kernel, self.kernel)
+            and fnmatch.fnmatchcase(cpu, self.cpu)
+            and fnmatch.fnmatchcase(device, self.device)
+        )
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """Where a kernel comes from: one source kind (deb, image, tree, build, pkg, ...; each is
     a module of kmatrix.kernels) and what that kind read from the matrix."""
@@ -55,6 +105,7 @@ class KernelSpec:
     baseline: str = ""
     baseline_of: str = ""
     baseline_label: str = ""  # "vanilla" or "through <patch>", on both
+    suites: Suites | None = None  # the kernel's `suites:` (kernel level)
 
 
 @dataclass(frozen=True)
@@ -189,6 +240,7 @@ class Cell:
     accel: str
     kernel_args: tuple[str, ...] = ()
     expect: tuple[Expectation, ...] = ()  # the matrix's expect rules that match this cell
+    suites: Suites = Suites()  # the kernel's own tests this cell runs (kselftest, KUnit)
 
     @property
     def id(self) -> str:
@@ -257,6 +309,8 @@ class Matrix:
     description: str = ""
     cells: tuple[Cell, ...] = field(default=(), compare=False)
     expect: tuple[Expectation, ...] = ()
+    suites: Suites = Suites()  # matrix level
+    suite_rules: tuple[SuiteRule, ...] = ()  # cell level
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
