@@ -33,6 +33,7 @@ _EXPORTS = {
     "CommandResult": "kmatrix.guest.session",
     "CommandFailed": "kmatrix.guest.session",
     "require_config": "kmatrix.pytest.helpers",
+    "KernelTests": "kmatrix.pytest.kerneltests",
     "LogMark": "kmatrix.guest.logmark",
     "log_mark": "kmatrix.guest.logmark",
     "new_log": "kmatrix.guest.logmark",
@@ -56,6 +57,7 @@ __all__ = [
     "GuestSession",
     "KernelArtifact",
     "KernelSpec",
+    "KernelTests",
     "KmatrixError",
     "LogMark",
     "Matrix",
@@ -104,5 +106,6 @@ if TYPE_CHECKING:
     from kmatrix.kernels.extmod import build_module, crash_module
     from kmatrix.kernels.registry import load_matrix
     from kmatrix.pytest.helpers import require_config
+    from kmatrix.pytest.kerneltests import KernelTests
     from kmatrix.results.logparse import Finding, findings_summary, parse_kernel_log
     from kmatrix.vm.devices import qemu_layout

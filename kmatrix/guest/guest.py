@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,7 @@ from kmatrix.errors import (
     KmatrixError,
     VMError,
 )
+from kmatrix.guest.disks import ExtraDisk, attachable, layered_initrd
 from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for
 from kmatrix.guest.session import CommandResult, GuestSession
 from kmatrix.host.cache import stamped_digest
@@ -97,6 +99,10 @@ class Guest:
         self._snapshot: int | None = None  # unnamed file holding the just-booted VM state
         self._snapshot_disk: int | None = None  # the scratch disk as it was at that moment
         self.current_test = ""  # the node id of the test whose commands run now
+        # Read-only disks this cell asks for (kmatrix.guest.disks), from the providers the
+        # pool sets before prepare(); those the kernel cannot read go into the initramfs.
+        self.disk_providers: list[Callable[[Guest], ExtraDisk | None]] = []
+        self.disks: list[ExtraDisk] = []
 
     # --- preparing ----------------------------------------------------------------------------
 
@@ -114,6 +120,9 @@ class Guest:
         self.record.channel = channel_for(self.kernel, self.modules)
         wanted = base_modules(self.record.channel) + lower(self.cell.device).modules
         self.initrd = build_image(self.kernel, wanted)
+        disks = [d for p in self.disk_providers if (d := p(self)) is not None]
+        self.disks = [d for d in disks if attachable(self.kernel)]
+        self.initrd = layered_initrd(self.initrd, [d for d in disks if d not in self.disks])
         # Remembered per file stamp (host/cache), so this hashes each artefact once.
         files = {"kernel": self.kernel.boot_image, "initrd": self.initrd}
         if self.kernel.config_path is not None:
@@ -130,6 +139,7 @@ class Guest:
             agent_socket=rundir / "agent.sock",
             console_socket=None if shell else rundir / "console.sock",
             scratch_disk=self._scratch_disk(rundir),
+            extra_disks=tuple((d.serial, d.image) for d in self.disks),
         )
         return build_argv(
             self.cell,

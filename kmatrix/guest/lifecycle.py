@@ -15,6 +15,7 @@ from kmatrix.errors import (
     InfraError,
     KmatrixError,
 )
+from kmatrix.guest.disks import ExtraDisk
 from kmatrix.guest.guest import BootFailure, Guest
 from kmatrix.results.charges import attribute
 from kmatrix.results.logparse import parse_kernel_log
@@ -46,6 +47,8 @@ class CellPool:
         # Called with a cell's Guest and "stop" or "replace" before its VM stops or is
         # replaced by a clean one (the log guard reads what is left of its kernel log).
         self.before_vm_ends: list[Callable[[Guest, str], None]] = []
+        # cell id -> what provides its read-only disks (kmatrix.guest.disks), set before boot
+        self.disk_providers: dict[str, list[Callable[[Guest], ExtraDisk | None]]] = {}
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
@@ -71,6 +74,7 @@ class CellPool:
                 self.stop(other)
         if g is None:
             g = Guest(cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot)
+            g.disk_providers = list(self.disk_providers.get(cell.id, ()))
             self.guests[cell.id] = g
             try:
                 g.prepare()

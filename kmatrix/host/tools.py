@@ -45,6 +45,8 @@ HOST_PACKAGES: dict[str, str] = {
     # names gcc-12, and stripped of debug info (kmatrix.kernels.extmod).
     "gcc-12": "/usr/bin/gcc-12",
     "binutils": "/usr/bin/strip",
+    # kselftest targets (matrix suites.kselftest): `make install` copies with rsync.
+    "rsync": "/usr/bin/rsync",
 }
 # Only the project's own tests need these: the HTML report is checked in a real browser.
 TEST_PACKAGES: dict[str, str] = {

@@ -13,6 +13,8 @@ SUITE_MARKERS = {
     "sched": "scheduler suite",
     "memory": "memory-management suite",
     "driver": "driver and device suite",
+    "kselftest": "the kernel's kselftest cases (matrix suites.kselftest)",
+    "kunit": "the kernel's KUnit cases, run at boot",
 }
 
 

@@ -55,7 +55,9 @@ def pytest_runtest_makereport(
     cell = cell_of(item)
     if cell is not None and report.when == "call" and report.failed and call.excinfo is not None:
         _classify(item, cell, call.excinfo, report)
-    if cell is not None and report.failed:
+    # Items that say so (a kselftest case that failed in a run that went to its end) are
+    # about their own output, not the console's.
+    if cell is not None and report.failed and getattr(item, "kmatrix_console_tail", True):
         g = pool_of(item.config).guests.get(cell.id)
         log = g.console_log if g is not None else pool_of(item.config).outdir(cell) / "console.log"
         tail = console_tail(log, 40)

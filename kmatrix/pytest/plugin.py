@@ -24,7 +24,7 @@ from kmatrix.errors import (
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
 from kmatrix.kernels.source import with_series_upto
-from kmatrix.pytest import logguard, progress, suites
+from kmatrix.pytest import kerneltests, logguard, progress, suites
 
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
 # live in the modules of their concern are re-exported here.
@@ -80,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[MATRIX_KEY] = matrix
     if matrix is not None:
         suites.add_builtin_suites(config)
+    # kselftest and KUnit items (its own hooks, among them a setup wrapper of its own).
+    if not config.pluginmanager.has_plugin("kmatrix-kerneltests"):
+        config.pluginmanager.register(kerneltests, "kmatrix-kerneltests")
     reports = Path(config.getoption("kmatrix_reports"))
     if not reports.is_absolute():
         reports = Path(config.invocation_params.dir) / reports
@@ -151,7 +154,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             else ("kmatrix.baseline_cell", cell.baseline_cell)
         )
     g.begin_test(item.nodeid)
-    if cell.id in pool.deaths and not pool.recover(cell):
+    offline = getattr(item, "kmatrix_offline", False)  # its result is in hand (kerneltests)
+    if cell.id in pool.deaths and not offline and not pool.recover(cell):
         raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
     if item.get_closest_marker("kmatrix_clean") and cell.id not in pool.failures:
         how = pool.clean(cell, item.nodeid) if cell.id in pool.dirty else "fresh boot"

@@ -30,6 +30,9 @@ def guest_of(config: pytest.Config, cell: Cell) -> Guest:
 
 
 def cell_of(item: pytest.Item) -> Cell | None:
+    own = getattr(item, "kmatrix_cell", None)  # items that are not functions (kerneltests)
+    if isinstance(own, Cell):
+        return own
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None

@@ -25,6 +25,8 @@ class BootPaths:
     agent_socket: Path
     console_socket: Path | None = None  # None: QEMU writes console_log itself (shell mode)
     scratch_disk: Path | None = None  # the host file behind the profile's scratch disk
+    # Read-only disks for the cells that ask (kmatrix.guest.disks): (serial, image file).
+    extra_disks: tuple[tuple[str, Path], ...] = ()
 
 
 def kernel_cmdline(cell: Cell, channel: str, shell: bool = False) -> str:
@@ -146,4 +148,14 @@ def build_argv(
         if paths.scratch_disk is None:
             raise ValueError(f"profile {dev.name} has a scratch disk but no file was given for it")
         argv += scratch_disk_args(disk, paths.scratch_disk)
+    for i, (serial, image) in enumerate(paths.extra_disks):
+        node = f"kmx-ro{i}"
+        escaped = str(image).replace(",", ",,")
+        argv += [
+            "-blockdev",
+            f"node-name={node},driver=raw,read-only=on,file.driver=file,"
+            f"file.filename={escaped},file.read-only=on",
+            "-device",
+            f"virtio-blk-pci,drive={node},serial={serial}",
+        ]
     return argv

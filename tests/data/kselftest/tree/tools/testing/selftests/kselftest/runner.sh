@@ -1,0 +1,2 @@
+#!/bin/sh
+export kselftest_default_timeout=45
