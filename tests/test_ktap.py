@@ -144,3 +144,16 @@ def test_bail_out_and_empty_plan() -> None:
 def test_ok_inside_text_is_not_a_result() -> None:
     tree = ktap.parse("KTAP version 1\n1..1\n# ok, starting\nok without a number\nok 1 a\n")
     assert [t.name for t in tree.subtests] == ["a"]
+
+
+def test_result_glued_to_text_without_a_newline() -> None:
+    """6.12's posix_timers prints `Diff too high: 5104485..` and then its result on the same
+    line: the result is still a test, the text its log."""
+    tree = ktap.parse((DATA / "kselftest-timers-deb-6.12.txt").read_text())
+    posix = tree.find(["selftests: timers: posix_timers"])
+    assert posix is not None and posix.plan == 18 and posix.missing == 0
+    virt = posix.find(["ITIMER_VIRTUAL"])
+    assert virt is not None and virt.status == ktap.FAIL
+    assert virt.log[-1] == "Diff too high: 5104485.."
+    assert posix.status == ktap.FAIL and posix.reason == "exit=1"
+    assert statuses(tree)[("selftests: timers: posix_timers", "check_rearm")] == ktap.FAIL

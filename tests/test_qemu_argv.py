@@ -166,3 +166,21 @@ def test_numa_split(memory: int, smp: int, nodes: int, want: list[str]) -> None:
     cpus = [a.partition("cpus=")[2] for a in argv if a.startswith("node,nodeid=")]
     got = [s + (f",cpus={c}" if c else "") for s, c in zip(sizes, cpus, strict=True)]
     assert got == want
+
+
+def test_read_only_disks_for_the_cells_that_ask() -> None:
+    """Each extra disk (kmatrix.guest.disks) is a read-only raw blockdev behind a virtio-blk
+    device the guest finds by its serial; without one the command line is as before."""
+    cell = _cell("deb-6.12-cloud/Haswell/virtio")
+    disk = Path("/cache/disks/kmx-kselftest-1,2.cpio")
+    argv = build_argv(cell, dataclasses.replace(PATHS, extra_disks=(("kmx-kselftest", disk),)),
+                      "tcg", "virtio")  # fmt: skip
+    plain = build_argv(cell, PATHS, "tcg", "virtio")
+    assert argv[: len(plain)] == plain
+    assert argv[len(plain) :] == [
+        "-blockdev",
+        "node-name=kmx-ro0,driver=raw,read-only=on,file.driver=file,"
+        "file.filename=/cache/disks/kmx-kselftest-1,,2.cpio,file.read-only=on",
+        "-device",
+        "virtio-blk-pci,drive=kmx-ro0,serial=kmx-kselftest",
+    ]

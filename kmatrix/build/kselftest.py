@@ -2,12 +2,14 @@
 
 A target (`cgroup`, `timers`, ...) is built from the same source and patch series as its
 kernel: the source is copied with hard links (as kernel builds are), the series applied, the
-UAPI headers installed (`make headers`, O=), then `make -C tools/testing/selftests
+UAPI headers installed (`make headers`), then `make -C tools/testing/selftests
 TARGETS=<target> install` puts the programs, the runner (`run_kselftest.sh`,
 `kselftest/runner.sh`) and `kselftest-list.txt` into an install directory. Each step is
 cached by its inputs: the prepared tree (source identity, series, skip list, toolchain) once
-per kernel source, each target's install once per prepared tree. Nothing here needs the
-kernel's config: selftests build against the UAPI headers only.
+per kernel source, each target's install once per prepared tree. Both build in the private
+copy itself rather than out of tree (O=): some targets' Makefiles only work in-tree, and
+make writes new files there, never through the links to the cached source. Nothing here
+needs the kernel's config: selftests build against the UAPI headers only.
 
 What is known before a build, for collection: the programs a target runs (its Makefile's
 `emit_tests`, the rule that writes kselftest-list.txt, run on the pristine source — a few
@@ -40,7 +42,7 @@ from kmatrix.build.sources import (
 from kmatrix.errors import BuildFailure, InfraError
 from kmatrix.host.cache import cache_root, digest_bytes, locked
 
-KSELFTEST_BUILDER = "kmatrix-kselftest/1"
+KSELFTEST_BUILDER = "kmatrix-kselftest/2"
 SELFTESTS = "tools/testing/selftests"
 DEFAULT_TIMEOUT = 45  # kselftest/runner.sh: kselftest_default_timeout
 BUILD_TIMEOUT = float(os.environ.get("KMATRIX_KSELFTEST_BUILD_TIMEOUT", "3600"))
@@ -137,7 +139,7 @@ def _prepare(sel: SelftestSource, source: KernelSource, series: Series | None, d
     deadline = time.monotonic() + BUILD_TIMEOUT
     env = _env()
     with (dest / "prepare.log").open("a", encoding="utf-8", errors="replace") as log:
-        src, out = dest / "src", dest / "out"
+        src = dest / "src"
         if _run_logged(["cp", "-al", str(source.root), str(src)], dest, log, env, deadline) != 0:
             raise InfraError(f"copying {source.root} for kselftest failed (see {log.name})")
         with contextlib.suppress(FileNotFoundError):
@@ -151,8 +153,9 @@ def _prepare(sel: SelftestSource, source: KernelSource, series: Series | None, d
                     f"patch {conflict.patch} does not apply to {source.spec}: {detail}",
                     first_error=detail,
                 )
-        out.mkdir()
-        argv = ["make", "-C", str(src), f"O={out}", "ARCH=x86_64", "-j2", "headers"]
+        # In the private copy itself, not O=: some targets' Makefiles only work in-tree
+        # (6.x sched installs cs_prctl_test from the source directory).
+        argv = ["make", "-C", str(src), "ARCH=x86_64", "-j2", "headers"]
         if _run_logged(argv, src, log, env, deadline) != 0:
             raise KselftestBuildFailure(f"`make headers` failed for {source.spec}")
 
@@ -240,9 +243,8 @@ def build_target(sel: SelftestSource, target: str) -> TargetBuild:
             log_path = tmp / "build.log"
             with log_path.open("a", encoding="utf-8", errors="replace") as log:
                 argv = [
-                    "make", "-C", str(tree / "src" / SELFTESTS), f"O={tree / 'out'}",
-                    "ARCH=x86_64", "-j2", f"TARGETS={target}",
-                    f"KSFT_INSTALL_PATH={tmp / 'install'}", "install",
+                    "make", "-C", str(tree / "src" / SELFTESTS), "ARCH=x86_64", "-j2",
+                    f"TARGETS={target}", f"KSFT_INSTALL_PATH={tmp / 'install'}", "install",
                 ]  # fmt: skip
                 deadline = time.monotonic() + BUILD_TIMEOUT
                 rc = _run_logged(argv, tree / "src", log, _env(), deadline)

@@ -101,6 +101,7 @@ class _UnitRun:
     seconds: float = 0.0
     findings: list[tuple[Path_ | None, Finding]] = field(default_factory=list)
     ran_by: str = ""  # node id of the item whose run it was
+    reported: set[str] = field(default_factory=set)  # node ids that took their verdict
 
 
 @dataclass
@@ -170,18 +171,27 @@ class KernelTestItem(pytest.Item):
         state = state_of(self.config)
         pool = pool_of(self.config)
         run = state.runs.get(self.unit_key)
-        if run is None:
+        # Run again (a rerun of this test, e.g. on a clean guest): its own program only.
+        again = run is not None and self.nodeid in run.reported
+        if run is None or again:
             failure = pool.failures.get(self.cell.id)
             if failure is not None:
                 run = self._after_failed_boot(failure)
             else:
-                run = self._run(pool.get(self.cell))
+                run = self._run(pool.get(self.cell), self.unit_path[:1] if again else ())
             state.runs[self.unit_key] = run
+        assert run is not None
+        run.reported.add(self.nodeid)
         selected = state.selected.get(self.unit_key, {self.unit_path})
         v = verdict(run.unit, self.unit_path, selected)
         self.kmatrix_console_tail = run.unit.ended is not None
         if run.ran_by == self.nodeid and run.seconds:
             self.user_properties.append((f"{self.suite}.unit_seconds", f"{run.seconds:.2f}"))
+        prepared = state.prepared.get(self.cell.id)
+        if self.suite == KSELFTEST and prepared is not None and prepared.source is not None:
+            self.user_properties.append(("kselftest.source", prepared.source.source))
+            if prepared.note:
+                self.user_properties.append(("kselftest.source_note", prepared.note))
         if v.directive:
             self.user_properties.append(("ktap.directive", v.directive))
         if v.note:
@@ -231,10 +241,10 @@ class KernelTestItem(pytest.Item):
             known[()] = list(state.programs.get(self.unit_key, []))
         return known
 
-    def _run(self, g: Guest) -> _UnitRun:
+    def _run(self, g: Guest, only: Path_ = ()) -> _UnitRun:
         if self.suite == KUNIT:
             return self._read_kunit(g)
-        return self._run_kselftest(g)
+        return self._run_kselftest(g, only)
 
     def _read_kunit(self, g: Guest) -> _UnitRun:
         assert g.session is not None
@@ -256,7 +266,7 @@ class KernelTestItem(pytest.Item):
         findings = _attribute_kunit(text, unit)
         return _UnitRun(unit, findings=findings, ran_by=self.nodeid)
 
-    def _run_kselftest(self, g: Guest) -> _UnitRun:
+    def _run_kselftest(self, g: Guest, only: Path_ = ()) -> _UnitRun:
         state = state_of(self.config)
         prepared = state.prepared.get(self.cell.id)
         failure = prepared.failures.get(self.target) if prepared is not None else None
@@ -269,6 +279,8 @@ class KernelTestItem(pytest.Item):
         order = state.programs.get(self.unit_key, list(build.programs))
         wanted = {p[0] for p in state.selected.get(self.unit_key, set()) if p}
         programs = [p for p in order if p in wanted] or list(order)
+        if only:
+            programs = [p for p in programs if p in only] or list(only)
         spec = self.cell.suites.kselftest
         target = state.targets[self.unit_key]
         assert spec is not None
@@ -528,9 +540,19 @@ def _missing(config: pytest.Config, cell: Cell, target: str, kernel: KernelArtif
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the cell boots: a kselftest target whose config the kernel does not meet is
-    not applicable (and its items never need the guest). Registered after the kmatrix
-    plugin, so this runs before its set-up (which boots the cell)."""
-    if isinstance(item, KernelTestItem) and item.suite == KSELFTEST and not item.kmatrix_offline:
+    not applicable (and its items never need the guest); so is KUnit on a kernel without
+    it. Registered after the kmatrix plugin, so this runs before its set-up (which boots
+    the cell)."""
+    if not isinstance(item, KernelTestItem) or item.kmatrix_offline:
+        return
+    if item.suite == KUNIT:
+        kernel = _kernel_before_boot(item)
+        if kernel is not None and kernel.config_known and kernel.option("KUNIT") != "y":
+            not_applicable(
+                f"kernel {item.cell.kernel.name} has no CONFIG_KUNIT=y: no KUnit suite runs "
+                "at its boot"
+            )
+    if item.suite == KSELFTEST:
         kernel = _kernel_before_boot(item)
         if kernel is not None:
             missing = _missing(item.config, item.cell, item.target, kernel)

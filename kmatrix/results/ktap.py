@@ -33,6 +33,9 @@ DIRECTIVE_RE = re.compile(
     re.IGNORECASE,
 )
 COMMENT_RE = re.compile(r"^(?P<desc>.*?)\s+(?<!\\)#\s*(?P<reason>.*)$")
+# A result line glued to text a test printed without a newline (kselftest's posix_timers:
+# `Diff too high: 5104485..not ok 1 ITIMER_VIRTUAL`).
+GLUED_RE = re.compile(r"^(?P<pre>[^#\s].*?[^\w\s])(?P<res>(?:not )?ok \d+\b.*)$")
 BAILOUT_RE = re.compile(r"^Bail out!\s*(.*)$")
 SUBTEST_RE = re.compile(r"^#\s*Subtest:\s*(.*?)\s*$")
 # kselftest's runner names the program it starts: `# selftests: cgroup: test_core`.
@@ -238,6 +241,10 @@ def _parse(lines: list[str], into: KtapTest) -> None:
             into.bailout = b.group(1)
             pending.append(line)
             continue
+        glued = GLUED_RE.match(s) if top and not RESULT_RE.match(s) else None
+        if glued is not None:
+            pending.append(glued.group("pre"))
+            s = glued.group("res")
         if top and (r := _result(s)) is not None:
             ok, number, desc, directive, reason = r
             body = _body(pending)
