@@ -176,3 +176,14 @@ def test_index_learns_per_scope(tmp_path: Path) -> None:
     index.learn("k", tree, scope=("test_core",))
     assert ("test_cpu",) in index.known("k") and ("test_core",) in index.known("k")
     assert index.known("other") == {}
+
+
+def test_cases_of_a_skipped_program_are_skipped_with_its_reason() -> None:
+    tree = ktap.parse(
+        "TAP version 13\n1..1\n# 1..0 # SKIP no cgroup v2\nok 1 selftests: t: p # SKIP\n"
+    )
+    tree.subtests[0].name = "p"
+    tree.subtests[0].reason = "no cgroup v2"
+    unit = Unit(tree, {(): ["p"], ("p",): ["a", "b"]})
+    v = verdict(unit, ("p", "a"), [("p",), ("p", "a"), ("p", "b")])
+    assert (v.outcome, v.message) == (SKIPPED, "p skipped: no cgroup v2")

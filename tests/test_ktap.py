@@ -157,3 +157,13 @@ def test_result_glued_to_text_without_a_newline() -> None:
     assert virt.log[-1] == "Diff too high: 5104485.."
     assert posix.status == ktap.FAIL and posix.reason == "exit=1"
     assert statuses(tree)[("selftests: timers: posix_timers", "check_rearm")] == ktap.FAIL
+
+
+def test_runner_result_glued_to_a_programs_last_line() -> None:
+    """cs_prctl_test's last line had no newline, so kselftest's runner printed its result on
+    it, behind the `# ` prefix: the result is still the runner's, the program is not ok."""
+    tree = ktap.parse((DATA / "kselftest-sched-deb-6.12.txt").read_text())
+    (prog,) = tree.subtests
+    assert prog.name == "selftests: sched: cs_prctl_test" and prog.reason == "exit=1"
+    assert prog.status == ktap.FAIL and not prog.subtests and tree.missing == 0
+    assert prog.log[-1] == "# (cs_prctl_test.c:287) - "

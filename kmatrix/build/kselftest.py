@@ -295,9 +295,9 @@ def cached_target(sel: SelftestSource, target: str) -> TargetBuild | None:
     return _from_dir(dest, target, key, cached=True)
 
 
-def source_root(sel: SelftestSource) -> Path | None:
-    """The pristine source tree if it is unpacked (never fetched here)."""
-    source = _resolve(sel, fetch=False)
+def source_root(sel: SelftestSource, fetch: bool = False) -> Path | None:
+    """The pristine source tree if it is unpacked (fetched and unpacked once if fetch)."""
+    source = _resolve(sel, fetch=fetch)
     return source.root if source is not None else None
 
 

@@ -44,8 +44,8 @@ from kmatrix.build.kselftest import (
     index_key,
     known_programs,
     missing_options,
-    prepared_tree,
     requirements,
+    source_root,
     target_files,
 )
 from kmatrix.build.patches import load_series
@@ -209,7 +209,8 @@ class KernelTestItem(pytest.Item):
         if outcome == PASSED:
             return
         if outcome == SKIPPED:
-            pytest.skip(message)
+            # Reported at the test, not at this line (as pytest does for skip markers).
+            raise pytest.skip.Exception(message, _use_item_location=True)
         if outcome == XFAILED:
             pytest.xfail(message)
         log = f"\n\n--- {self.name.split('[')[0]} printed ---\n{v.log}" if v.log.strip() else ""
@@ -381,8 +382,8 @@ def _programs(sel: SelftestSource, target: str) -> tuple[tuple[str, ...], bool] 
             found = known_programs(sel, target)
             if found is None and not sel.in_place:
                 # The source is needed for the run anyway: fetch and unpack it now (once).
-                tree, _ = prepared_tree(sel)
-                progs = emit_programs(tree / "src", target)
+                root = source_root(sel, fetch=True)
+                progs = emit_programs(root, target) if root is not None else ()
                 found = (progs, False) if progs else None
         except KmatrixError:
             found = None

@@ -264,6 +264,9 @@ def _absent(unit: Unit, p: Path_) -> Verdict:
     if why is not None:
         where = f" while {case_id(chain)} ran" if chain is not None else ""
         return Verdict(SKIPPED, f"{NOT_RUN}: {why}{where}")
+    if anc and anode.status == ktap.SKIP:
+        # The whole program (or suite) skipped itself, e.g. a missing controller.
+        return Verdict(SKIPPED, f"{case_id(anc)} skipped: {anode.reason or 'SKIP'}")
     return Verdict(
         SKIPPED,
         f"{NOT_RUN}: the run did not report {case_id(p)} (known from an earlier run; "

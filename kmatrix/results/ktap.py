@@ -36,6 +36,9 @@ COMMENT_RE = re.compile(r"^(?P<desc>.*?)\s+(?<!\\)#\s*(?P<reason>.*)$")
 # A result line glued to text a test printed without a newline (kselftest's posix_timers:
 # `Diff too high: 5104485..not ok 1 ITIMER_VIRTUAL`).
 GLUED_RE = re.compile(r"^(?P<pre>[^#\s].*?[^\w\s])(?P<res>(?:not )?ok \d+\b.*)$")
+# kselftest's runner's own result line glued to the end of a program's last output line
+# when that line had no newline: `# (cs_prctl_test.c:287) - not ok 1 selftests: sched: ...`.
+RUNNER_GLUED_RE = re.compile(r"^(?P<pre># .*?)(?P<res>(?:not )?ok \d+ selftests: \S+: \S+.*)$")
 BAILOUT_RE = re.compile(r"^Bail out!\s*(.*)$")
 SUBTEST_RE = re.compile(r"^#\s*Subtest:\s*(.*?)\s*$")
 # kselftest's runner names the program it starts: `# selftests: cgroup: test_core`.
@@ -288,6 +291,11 @@ def parse(text: str | Iterable[str]) -> KtapTest:
     whose tests join the root (KUnit prints one per batch of suites)."""
     lines = text.splitlines() if isinstance(text, str) else [ln.rstrip("\n") for ln in text]
     lines = [ln.rstrip("\r") for ln in lines]
+    split: list[str] = []
+    for ln in lines:
+        m = RUNNER_GLUED_RE.match(ln)
+        split.extend((m.group("pre"), m.group("res")) if m else (ln,))
+    lines = split
     starts = [i for i, ln in enumerate(lines) if VERSION_RE.match(ln) and ln[:1] not in " \t#"]
     root = KtapTest(name="")
     if not starts:
