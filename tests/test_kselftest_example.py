@@ -111,3 +111,17 @@ def test_example_matrix(built: None, tmp_path: Path) -> None:
     core = cells[BROKEN]["kselftest/cgroup/test_core"]
     assert core.outcome == "passed" and "lesser_euid_open" in core.properties["ktap.note"]
     assert any(t.startswith("kunit/example/example_params_test/") for t in clean)
+
+
+def test_build_command_builds_the_targets_too(built: None) -> None:
+    """`kmatrix build` also builds (or finds) the kselftest targets the cells run."""
+    r = subprocess.run(
+        [sys.executable, "-m", "kmatrix.cli", "build", "-m", str(MATRIX)],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ": kselftest " in ln]
+    # One build per source, series and target: 6.1, 6.12, 6.12 + series (cgroup and timers)
+    # and the tiny 6.1 kernel's cgroup.
+    assert len(lines) == 7, r.stdout
+    assert all("programs," in ln for ln in lines), r.stdout

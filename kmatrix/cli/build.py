@@ -1,4 +1,5 @@
-"""`kmatrix build`: build (or find in the cache) a matrix's source-built kernels."""
+"""`kmatrix build`: build (or find in the cache) a matrix's source-built kernels, and the
+kselftest targets their cells run (matrix `suites.kselftest`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import time
 from pathlib import Path
 
 from kmatrix.build.builder import build_kernel
+from kmatrix.build.kselftest import SelftestSource, build_target
 from kmatrix.errors import BuildFailure, KmatrixError
+from kmatrix.guest.kselftest import selftest_source
 from kmatrix.kernels import load_matrix
 
 
@@ -49,4 +52,26 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
             print(f"    {p.patch}: {p.short()}")
         for d in b.dropped:
             print(f"    config: {d.option}={d.wanted} (from {d.fragment}) is {d.got} in .config")
+    # The selftests the cells of these kernels run, once per source, series and target.
+    wanted: dict[tuple[SelftestSource, str], str] = {}
+    for c in m.cells:
+        if c.kernel in kernels and c.suites.kselftest is not None:
+            sel, _ = selftest_source(c)
+            for t in c.suites.kselftest.targets if sel is not None else ():
+                assert sel is not None
+                wanted.setdefault((sel, t.name), c.kernel.name)
+    for (sel, target), kernel in wanted.items():
+        t0 = time.monotonic()
+        try:
+            tb = build_target(sel, target)
+        except KmatrixError as e:
+            failed += 1
+            print(f"{kernel}: kselftest {target}: BUILD FAILED\n{e}", flush=True)
+            continue
+        how = "cached, nothing compiled" if tb.cached else f"built in {tb.seconds:.0f}s"
+        print(
+            f"{kernel}: kselftest {target}: {len(tb.programs)} programs, {how} "
+            f"({time.monotonic() - t0:.1f}s here)",
+            flush=True,
+        )
     return 1 if failed else 0

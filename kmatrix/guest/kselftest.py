@@ -81,7 +81,7 @@ def selftest_source(cell: Cell) -> tuple[SelftestSource | None, str]:
         root = src.resolve() if src.is_symlink() else tree
         return SelftestSource(str(root), in_place=True), ""
     if k.source == "deb":
-        m = _DEB_IMAGE_RE.match(k.location)
+        m = _DEB_IMAGE_RE.match(Path(k.location).name)  # a package name or a .deb path
         if m is not None:
             return SelftestSource(f"linux-source-{m.group(1)}.{m.group(2)}"), ""
     return None, (
