@@ -9,10 +9,17 @@ import time
 from pathlib import Path
 
 from kmatrix.build.builder import build_kernel
-from kmatrix.build.kselftest import SelftestSource, build_target
+from kmatrix.build.kselftest import (
+    SelftestSource,
+    build_target,
+    missing_options,
+    requirements,
+    target_files,
+)
 from kmatrix.errors import BuildFailure, KmatrixError
 from kmatrix.guest.kselftest import selftest_source
 from kmatrix.kernels import load_matrix
+from kmatrix.kernels.kconfig import parse_config
 
 
 def build_command(matrix_path: Path, names: list[str]) -> int:
@@ -34,6 +41,7 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, on_term)
     failed = 0
+    configs: dict[str, dict[str, str]] = {}  # kernel name -> its built config
     for k in kernels:
         assert k.build is not None
         t0 = time.monotonic()
@@ -43,6 +51,7 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
             failed += 1
             print(f"{k.name}: BUILD FAILED\n{e}", flush=True)
             continue
+        configs[k.name] = parse_config(b.config_path.read_text(errors="replace"))
         how = "cached, nothing compiled" if b.cached else f"built in {b.seconds:.0f}s"
         print(
             f"{k.name}: {b.version} {how} ({time.monotonic() - t0:.1f}s here); {b.image}",
@@ -55,12 +64,17 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
     # The selftests the cells of these kernels run, once per source, series and target.
     wanted: dict[tuple[SelftestSource, str], str] = {}
     for c in m.cells:
-        if c.kernel in kernels and c.suites.kselftest is not None:
+        if c.kernel.name in configs and c.suites.kselftest is not None:
             sel, _ = selftest_source(c)
             for t in c.suites.kselftest.targets if sel is not None else ():
                 assert sel is not None
                 wanted.setdefault((sel, t.name), c.kernel.name)
     for (sel, target), kernel in wanted.items():
+        where = target_files(sel, target)
+        missing = missing_options(requirements(where / "config"), configs[kernel]) if where else []
+        if missing:
+            print(f"{kernel}: kselftest {target}: not applicable, needs {', '.join(missing)}")
+            continue
         t0 = time.monotonic()
         try:
             tb = build_target(sel, target)
