@@ -27,7 +27,7 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -79,10 +79,10 @@ KSELFTEST, KUNIT = "kselftest", "kunit"
 UnitKey = tuple[str, str, str]  # (cell id, suite, target or "")
 
 
-def not_applicable(reason: str) -> None:
+def not_applicable(reason: str) -> NoReturn:
     """A test that cannot apply to this cell (until the "not applicable" outcome lands, a
     skip whose reason says so)."""
-    pytest.skip(f"not applicable: {reason}")
+    raise pytest.skip.Exception(f"not applicable: {reason}", _use_item_location=True)
 
 
 class KernelTests:
