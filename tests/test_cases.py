@@ -3,6 +3,7 @@ and the case index that makes an item per case after a unit's first run."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from kmatrix.results import ktap
@@ -34,7 +35,7 @@ def cgroup_unit(text: str, known: dict[tuple[str, ...], list[str]] | None = None
     return Unit(sanitized_tree(tree), {(): list(CGROUP), **(known or {})}, ended=ended)
 
 
-def outcomes(unit: Unit, items: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+def outcomes(unit: Unit, items: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
     return {p: verdict(unit, p, items).outcome for p in items}
 
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 from kmatrix.config import matrix as matrix_keys
 from kmatrix.config import profiles
+from kmatrix.config import suites as suite_keys
 from kmatrix.kernels import KINDS, load_matrix
 from kmatrix.kernels import source as build_keys
 from kmatrix.results import known_issues
@@ -50,6 +51,11 @@ MAPPINGS: dict[str, Mapping] = {
     "expect[]": Mapping(
         matrix_keys.EXPECT_KEYS, matrix_keys.EXPECT_REQUIRED, values=matrix_keys.EXPECT_OUTCOMES
     ),
+    "suites": Mapping(suite_keys.SUITE_KEYS),
+    "suites[]": Mapping(suite_keys.SUITE_RULE_KEYS),
+    "suites.kselftest": Mapping(suite_keys.KSELFTEST_KEYS, suite_keys.KSELFTEST_REQUIRED),
+    "suites.kselftest.targets[]": Mapping(suite_keys.TARGET_KEYS, suite_keys.TARGET_REQUIRED),
+    "suites.kunit": Mapping(suite_keys.KUNIT_KEYS),
     "devices[]": Mapping(
         profiles.PROFILE_KEYS,
         profiles.PROFILE_REQUIRED,

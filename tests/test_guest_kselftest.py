@@ -61,6 +61,7 @@ def guest(cell: Cell, prepared: ksft.Prepared, tmp_path: Path) -> Iterator[Guest
         g.stop()
 
 
+@pytest.mark.boot
 def test_crash_mid_target(guest: Guest, prepared: ksft.Prepared) -> None:
     """The kernel panics (sysrq) once nanosleep reported its second case: that run ends
     early; the console says how far it got; the case that was running then fails with the
@@ -72,7 +73,7 @@ def test_crash_mid_target(guest: Guest, prepared: ksft.Prepared) -> None:
         timeout=10,
         check=True,
     )
-    known = {("nanosleep",): NANOSLEEP}
+    known: dict[tuple[str, ...], list[str]] = {("nanosleep",): NANOSLEEP}
     run = ksft.run_target(guest, prepared.disk, "timers", ["nanosleep"], 45, None, known)
     unit = run.unit
     assert unit.ended is not None and unit.ended.startswith("the guest went down"), unit
@@ -89,11 +90,12 @@ def test_crash_mid_target(guest: Guest, prepared: ksft.Prepared) -> None:
     assert v[("nanosleep",)].outcome == SKIPPED  # not run to its end; the case reports it
 
 
+@pytest.mark.boot
 def test_runner_timeout_mid_program(guest: Guest, prepared: ksft.Prepared) -> None:
     """The matrix's timeout (3 s) overrides the target's settings: kselftest's runner kills
     nanosleep part-way (TIMEOUT); the case it was in fails, the rest are not run."""
     assert prepared.disk is not None
-    known = {("nanosleep",): NANOSLEEP}
+    known: dict[tuple[str, ...], list[str]] = {("nanosleep",): NANOSLEEP}
     run = ksft.run_target(guest, prepared.disk, "timers", ["nanosleep"], 3, 3, known)
     unit = run.unit
     assert unit.ended is None and unit.error is None, unit
@@ -110,6 +112,7 @@ def test_runner_timeout_mid_program(guest: Guest, prepared: ksft.Prepared) -> No
     assert guest.alive  # the runner's timeout is not the guest's end
 
 
+@pytest.mark.boot
 def test_items_of_a_pytest_run(cell: Cell, prepared: ksft.Prepared, tmp_path: Path) -> None:
     """Through the plugin: a run with no case known yet has an item per program; it learns
     the cases, and the next run has an item per case, each with its own outcome."""

@@ -21,6 +21,8 @@ from kmatrix.build.builder import cached_build
 from kmatrix.errors import KmatrixError
 from kmatrix.kernels import load_matrix
 
+pytestmark = pytest.mark.boot
+
 MATRIX = ROOT / "matrix" / "kselftest.yaml"
 TESTS = [ROOT / "testcases" / "test_kselftest.py"]
 BROKEN = "kmx-ksft-6.12-broken/Haswell/virtio"
@@ -87,9 +89,10 @@ def test_example_matrix(built: None, tmp_path: Path) -> None:
         assert bad(broken) == {
             "kselftest/cgroup/test_core": "failure", "kunit": "failure",
         }, (broken, first.log)  # fmt: skip
-        assert "test_core/test_cgcore_lesser_euid_open: fail" in broken[
-            "kselftest/cgroup/test_core"
-        ].message
+        assert (
+            "test_core/test_cgcore_lesser_euid_open: fail"
+            in broken["kselftest/cgroup/test_core"].message
+        )
         assert "cmdline/cmdline_test_range: fail" in broken["kunit"].message
         for cell, tests in cells.items():
             assert not bad(tests), (cell, bad(tests), first.log)
@@ -104,9 +107,9 @@ def test_example_matrix(built: None, tmp_path: Path) -> None:
     assert set(bad(cells[BROKEN])) == BROKEN_CASES, (bad(cells[BROKEN]), second.log)
     assert not bad(cells[CLEAN]), second.log
     clean = {t: c.outcome for t, c in cells[CLEAN].items()}
-    broken = {t: c.outcome for t, c in cells[BROKEN].items()}
-    assert len(clean) > 40 and set(clean) == set(broken)
-    assert {t for t in clean if clean[t] != broken[t]} == BROKEN_CASES
+    after = {t: c.outcome for t, c in cells[BROKEN].items()}
+    assert len(clean) > 40 and set(clean) == set(after)
+    assert {t for t in clean if clean[t] != after[t]} == BROKEN_CASES
     # A program whose case failed passes, saying where; nested KUnit parameters are tests.
     core = cells[BROKEN]["kselftest/cgroup/test_core"]
     assert core.outcome == "passed" and "lesser_euid_open" in core.properties["ktap.note"]

@@ -34,8 +34,16 @@ from kmatrix.config.specs import KselftestSpec, KselftestTarget, KunitSpec, Suit
 from kmatrix.config.yamlnode import NodeReader
 
 TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9_.+-]+)*$")
+# The keys each mapping accepts, and those it requires (docs/matrix.md documents exactly
+# these; tests/test_docs.py checks it).
 SUITE_KEYS = ("kselftest", "kunit")
 RULE_KEYS = ("kernel", "cpu", "device")
+SUITE_RULE_KEYS = (*RULE_KEYS, *SUITE_KEYS)
+KSELFTEST_KEYS = ("targets", "timeout", "source")
+KSELFTEST_REQUIRED = ("targets",)
+TARGET_KEYS = ("name", "tests", "timeout")
+TARGET_REQUIRED = ("name",)
+KUNIT_KEYS = ("filter", "enabled")
 FILTER_RE = re.compile(r"^[^\s]+$")
 
 
@@ -47,7 +55,7 @@ def _target(r: NodeReader, node: yaml.Node, key: str) -> KselftestTarget:
     origin = f"{r.path}:{node.start_mark.line + 1}"
     if isinstance(node, yaml.ScalarNode):
         return KselftestTarget(name=r.string(node, key, TARGET_NAME_RE), origin=origin)
-    m = r.mapping(node, key, ("name", "tests", "timeout"), ("name",))
+    m = r.mapping(node, key, TARGET_KEYS, TARGET_REQUIRED)
     name = r.string(m["name"][1], f"{key}.name", TARGET_NAME_RE)
     tests = r.strings(m["tests"][1], f"{key}.tests") if "tests" in m else ()
     timeout = _timeout(r, m["timeout"][1], f"{key}.timeout") if "timeout" in m else None
@@ -55,7 +63,7 @@ def _target(r: NodeReader, node: yaml.Node, key: str) -> KselftestTarget:
 
 
 def _kselftest(r: NodeReader, node: yaml.Node, key: str) -> KselftestSpec:
-    m = r.mapping(node, key, ("targets", "timeout", "source"), ("targets",))
+    m = r.mapping(node, key, KSELFTEST_KEYS, KSELFTEST_REQUIRED)
     targets = []
     seen: dict[str, int] = {}
     for i, n in enumerate(r.seq(m["targets"][1], f"{key}.targets")):
@@ -79,7 +87,7 @@ def _kselftest(r: NodeReader, node: yaml.Node, key: str) -> KselftestSpec:
 
 
 def _kunit(r: NodeReader, node: yaml.Node, key: str) -> KunitSpec:
-    m = r.mapping(node, key, ("filter", "enabled"))
+    m = r.mapping(node, key, KUNIT_KEYS)
     filt = r.string(m["filter"][1], f"{key}.filter", FILTER_RE) if "filter" in m else None
     enabled = r.boolean(m["enabled"][1], f"{key}.enabled") if "enabled" in m else True
     return KunitSpec(filter=filt, enabled=enabled, origin=f"{r.path}:{node.start_mark.line + 1}")
@@ -106,7 +114,7 @@ def parse_suite_rules(
     rules = []
     for i, n in enumerate(r.seq(node, key)):
         k = f"{key}[{i}]"
-        m = r.mapping(n, k, (*RULE_KEYS, *SUITE_KEYS))
+        m = r.mapping(n, k, SUITE_RULE_KEYS)
         globs: dict[str, str] = {}
         for axis in RULE_KEYS:
             if axis in m:
