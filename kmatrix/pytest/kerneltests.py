@@ -24,6 +24,7 @@ kernel lacks is not applicable, naming them, and is neither built nor run.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,9 @@ class KernelTests:
         if suite not in (KSELFTEST, KUNIT):
             raise ValueError(f"suite must be {KSELFTEST} or {KUNIT}, not {suite!r}")
         self.suite = suite
+        # Where it is defined: the tests' location in reports (0-based, as pytest counts).
+        caller = inspect.currentframe()
+        self.lineno = caller.f_back.f_lineno - 1 if caller and caller.f_back else 0
 
 
 @dataclass
@@ -139,9 +143,11 @@ class KernelTestItem(pytest.Item):
         target: str,
         path: Path_,
         testname: str,
+        lineno: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.lineno = lineno
         self.cell = cell
         self.suite = suite
         self.target = target
@@ -165,7 +171,7 @@ class KernelTestItem(pytest.Item):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # pytest shows a test's domain with its dots as '::' (it takes it for a qualified
         # Python name); a domain that is not the node id's tail is shown as the node id.
-        return self.path, None, f"{self.name} "
+        return self.path, self.lineno, f"{self.name} "
 
     def runtest(self) -> None:
         state = state_of(self.config)
@@ -356,6 +362,8 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
             items += _kselftest_items(collector, cell)
         elif obj.suite == KUNIT and _kunit_expected(cell):
             items += _kunit_items(collector, cell)
+    for it in items:
+        it.lineno = obj.lineno
     return items
 
 
