@@ -58,7 +58,7 @@ SERIAL = "kmx-kselftest"
 ROOT = "/opt/kselftest"
 # Host binaries the runner and shell-script tests need in the guest, at these paths.
 GUEST_TOOLS = {"bash": "/bin/bash", "timeout": "/usr/bin/timeout"}
-UNLIMITED = 900.0  # host deadline for a program whose timeout is 0 (none): set `timeout:`
+UNLIMITED = 600.0  # host deadline for a program whose timeout is 0 (none): set `timeout:`
 SLACK = 60.0  # unpacking, the runner's own work, the agent's round trip under TCG
 PROGRESS = "kmx-ksft"
 DISK_VERSION = "2"  # bump when disk_for's layout changes
