@@ -70,8 +70,7 @@ def test_crash_mid_target(guest: Guest, prepared: ksft.Prepared) -> None:
     # A blocking read of /dev/kmsg wakes on the line itself (polling `dmesg` under a loaded
     # TCG guest could notice it only after nanosleep's remaining cases, ~15 s, were done).
     guest.session.run(
-        "(grep -q 'ok 2 CLOCK_MONOTONIC' /dev/kmsg; echo c >/proc/sysrq-trigger) "
-        ">/dev/null 2>&1 &",
+        "(grep -q 'ok 2 CLOCK_MONOTONIC' /dev/kmsg; echo c >/proc/sysrq-trigger) >/dev/null 2>&1 &",
         timeout=10,
         check=True,
     )

@@ -157,6 +157,8 @@ class KernelTestItem(pytest.Item):
         # The console tail goes with a failure unless the unit ran to its end (then the
         # test's own output says it all; see kmatrix.pytest.outcomes).
         self.kmatrix_console_tail = True
+        # It charges kernel reports to the case that was running (the log guard leaves them).
+        self.kmatrix_attributes_reports = True
         self.add_marker(suite)
 
     @property
