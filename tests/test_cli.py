@@ -75,6 +75,7 @@ def test_shell_refuses_a_host_device_the_host_cannot_pass(tmp_path: Path) -> Non
     m.write_text(
         TWO.read_text().split("devices:")[0]
         + "devices:\n  - name: passthrough\n    host_devices: [{host: 'ffff:ff:1f.7'}]\n"
+        + "host_access: {reason: a lab card, devices: ['ffff:ff:1f.7']}\n"
     )
     p = subprocess.run(
         [
@@ -85,6 +86,7 @@ def test_shell_refuses_a_host_device_the_host_cannot_pass(tmp_path: Path) -> Non
             "--reports",
             str(tmp_path),
             "deb-6.1-cloud/Nehalem/passthrough",
+            "--allow-host-access",
         ],
         capture_output=True,
         text=True,

@@ -37,6 +37,7 @@ class Mapping:
 MAPPINGS: dict[str, Mapping] = {
     "matrix/NAME.yaml": Mapping(matrix_keys.MATRIX_KEYS, matrix_keys.MATRIX_REQUIRED),
     "defaults": Mapping(matrix_keys.DEFAULTS_KEYS, values=matrix_keys.ACCELS),
+    "host_access": Mapping(matrix_keys.HOST_ACCESS_KEYS, matrix_keys.HOST_ACCESS_REQUIRED),
     "kernels[]": Mapping(
         (*matrix_keys.KERNEL_KEYS, *KINDS), matrix_keys.KERNEL_REQUIRED, values=tuple(KINDS)
     ),

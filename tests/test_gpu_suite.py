@@ -38,6 +38,7 @@ devices:
       - {{driver: ivshmem-plain, id: big0, props: {{bus: rp9, memdev: bigmem}}}}
   - name: passthrough
     host_devices: [{{host: "ffff:ff:1f.7"}}]
+host_access: {{reason: "a lab's passthrough card", devices: ["ffff:ff:1f.7"]}}
 """
 
 Cases = dict[str, JunitCase]
@@ -49,7 +50,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Cases:
     matrix = tmp / "gpu.yaml"
     matrix.write_text(textwrap.dedent(MATRIX).lstrip())
     return run_kmatrix_pytest(
-        ["testcases/test_gpu.py"], tmp / "reports", "-q", matrix=matrix, junit=tmp / "junit.xml"
+        ["testcases/test_gpu.py"],
+        tmp / "reports",
+        "-q",
+        "--kmatrix-allow-host-access",
+        matrix=matrix,
+        junit=tmp / "junit.xml",
     ).cases()
 
 

@@ -240,6 +240,7 @@ devices:
   - name: passthrough
     host_devices:
       - host: 01:00.0
+host_access: {reason: the lab's passthrough card, devices: ["0000:01:00.0"]}
 """
 
 

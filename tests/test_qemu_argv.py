@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,64 @@ def test_read_only_disks_for_the_cells_that_ask() -> None:
         "-device",
         "virtio-blk-pci,drive=kmx-ro0,serial=kmx-kselftest",
     ]
+
+
+def test_paths_and_values_with_commas_are_escaped() -> None:
+    """A reports or temporary directory with a comma stays one value (QEMU doubles commas)."""
+    from kmatrix.config.specs import QemuDevice
+    from kmatrix.vm.machine import Machine
+
+    cell = _cell("deb-6.12-cloud/Haswell/virtio")
+    dev = dataclasses.replace(
+        cell.device, devices=(QemuDevice("virtio-rng-pci", "r9", (("bus", "a,b=c"),)),)
+    )
+    cell = dataclasses.replace(cell, device=dev)
+    paths = BootPaths(
+        kernel=PATHS.kernel, initrd=PATHS.initrd, console_log=Path("/rep,x/cells/c/console.log"),
+        qmp_socket=Path("/tmp/kmx,run/qmp.sock"), agent_socket=Path("/tmp/kmx,run/agent.sock"),
+        console_socket=Path("/tmp/kmx,run/console.sock"), scratch_disk=Path("/tmp/kmx,run/d.img"),
+    )  # fmt: skip
+    argv = build_argv(cell, paths, "tcg", "virtio")
+    assert "socket,id=qmp,path=/tmp/kmx,,run/qmp.sock,server=on,wait=off" in argv
+    assert "socket,id=agent,path=/tmp/kmx,,run/agent.sock,server=on,wait=off" in argv
+    assert "virtio-rng-pci,id=r9,bus=a,,b=c" in argv
+    assert any("file.filename=/tmp/kmx,,run/d.img" in a for a in argv)
+    shell = build_argv(cell, paths, "tcg", "virtio", shell=True)
+    assert "stdio,id=con,mux=on,signal=off,logfile=/rep,,x/cells/c/console.log" in shell
+    # The machine finds its QMP socket in the escaped option.
+    assert Machine(argv, Path("/x"), Path("/x/l"), "c")._qmp_socket() == paths.qmp_socket
+
+
+def test_argv_builder_refuses_what_the_loader_would() -> None:
+    """Options built in code get the same key check as profiles read from YAML."""
+    from kmatrix.config.specs import QemuDevice
+
+    cell = _cell("deb-6.12-cloud/Haswell/virtio")
+    bad = QemuDevice("virtio-rng-pci", None, (("chardev=agent,x", "1"),))
+    cell = dataclasses.replace(cell, device=dataclasses.replace(cell.device, devices=(bad,)))
+    with pytest.raises(ValueError, match="not a QEMU property name"):
+        build_argv(cell, PATHS, "tcg", "virtio")
+
+
+def test_qemu_reads_an_escaped_path_as_one(tmp_path: Path) -> None:
+    """QEMU itself: a chardev file path with a comma is created where it says."""
+    from kmatrix.vm.qemuopts import escape, option
+
+    d = tmp_path / "a,b=c"
+    d.mkdir()
+    log = d / "console.log"
+    p = subprocess.Popen(
+        ["qemu-system-x86_64", "-M", "none", "-display", "none", "-nodefaults", "-S",
+         "-chardev", option("file", (("id", "c"), ("path", log))), "-serial", "chardev:c"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if log.exists() or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert log.exists(), p.poll()
+        assert list(tmp_path.iterdir()) == [d] and escape(log).count(",,") == 1
+    finally:
+        p.kill()
+        p.wait()

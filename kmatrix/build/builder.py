@@ -43,6 +43,7 @@ from kmatrix.config.specs import BuildSpec
 from kmatrix.errors import BuildFailure as BuildFailure  # defined there: see errors.py
 from kmatrix.errors import InfraError
 from kmatrix.host.cache import cache_root, digest_bytes, digest_file, locked
+from kmatrix.host.paths import FileRefused, PathEscape, confine, read_regular
 
 # Bump when the build procedure changes in a way that changes its output.
 BUILDER_VERSION = "kmatrix-build/1"
@@ -152,11 +153,14 @@ def fragment_texts(spec: BuildSpec, tree: Path) -> list[tuple[str, str]]:
         if frag.startswith(("CONFIG_", "# CONFIG_")):
             out.append(("inline", frag + "\n"))
             continue
-        path = tree / frag.removeprefix("tree:") if frag.startswith("tree:") else Path(frag)
         try:
-            out.append((frag, path.read_text()))
-        except OSError as e:
-            raise BuildFailure(f"config fragment {frag}: cannot read {path}: {e}") from None
+            # An in-tree fragment stays in the tree, whatever links the series added.
+            path = Path(frag)
+            if frag.startswith("tree:"):
+                path = confine(tree, frag.removeprefix("tree:"), f"config fragment {frag}")
+            out.append((frag, read_regular(path, 16 << 20).decode(errors="replace")))
+        except (FileRefused, PathEscape) as e:
+            raise BuildFailure(f"config fragment {frag}: {e}") from None
     return out
 
 

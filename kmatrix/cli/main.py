@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kmatrix import __version__
+from kmatrix import __version__, crash
 from kmatrix.cli import init as init_cli
 from kmatrix.cli import merge
 from kmatrix.cli import report as report_cli
+from kmatrix.cli.values import directory, output_file, positive
+from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
 from kmatrix.config.specs import Matrix
 from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages
@@ -54,6 +56,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     matrix = load_matrix(args.matrix)  # fail fast, before pytest starts, on a bad matrix
+    check_run_allows(matrix, args.allow_host_access)
     if args.repeat > 1:
         # Repeated runs, one directory each, give `kmatrix compare` samples for metric
         # verdicts (a directory of run directories counts as that many runs).
@@ -94,6 +97,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     ]
     if args.accel:
         argv.append(f"--kmatrix-accel={args.accel}")
+    if args.allow_host_access:
+        argv.append(ALLOW_OPTION)
+    if args.require_sandbox:
+        argv.append("--kmatrix-require-sandbox")
     workers = args.workers or str(default_workers(matrix))
     if workers != "1":
         argv += ["-n", workers]
@@ -151,11 +158,19 @@ def _call_forwarding_signals(argv: list[str]) -> int:
 
 def cmd_shell(args: argparse.Namespace) -> int:
     from kmatrix.guest.guest import Guest
+    from kmatrix.vm.machine import SANDBOX_ON
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
-    g = Guest(cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel)
+    check_run_allows(m, args.allow_host_access, [cell])
+    g = Guest(
+        cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel,
+        allow_host_access=args.allow_host_access, require_sandbox=args.require_sandbox,
+    )  # fmt: skip
     g.prepare()
+    if g.record.sandbox != SANDBOX_ON:
+        print(f"kmatrix: warning: QEMU runs WITHOUT its seccomp sandbox ({g.record.sandbox})",
+              file=sys.stderr)  # fmt: skip
     print(
         f"kmatrix shell: booting {cell.id}; exit the shell (or Ctrl-A x) to power off", flush=True
     )
@@ -185,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         help="write a starter matrix/ and testcases/ (files that exist are never overwritten)",
     )
     sp.add_argument("directory", nargs="?", default=".", help="where (default: here)")
+
+    def with_run_policy(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reports", type=directory, default="reports")
+        sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+        sp.add_argument(
+            "--allow-host-access",
+            action="store_true",
+            help="let the matrix's host_access: grants take effect (docs/security.md)",
+        )
+        sp.add_argument(
+            "--require-sandbox",
+            action="store_true",
+            help="error instead of warning when QEMU cannot run under -sandbox",
+        )
+
     sp = sub.add_parser("list", help="list the cells of a matrix")
     with_matrix(sp)
     sp = sub.add_parser(
@@ -193,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="arguments after -- go to pytest (e.g. -- -k Haswell -x)",
     )
     with_matrix(sp)
-    sp.add_argument("--reports", default="reports")
-    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    with_run_policy(sp)
     sp.add_argument(
         "-n",
         "--workers",
@@ -203,12 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument(
         "--baseline", action="append", default=[], help="earlier run to compare with; repeatable"
     )
-    sp.add_argument("--repeat", type=int, default=1, help="run N times into REPORTS/repeat-1..N")
+    sp.add_argument(
+        "--repeat", type=positive, default=1, help="run N times into REPORTS/repeat-1..N"
+    )
     sp = sub.add_parser("shell", help="boot one cell and attach an interactive shell")
     with_matrix(sp)
     sp.add_argument("cell", help="cell id, e.g. deb-6.12-cloud/Haswell/virtio")
-    sp.add_argument("--reports", default="reports")
-    sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    with_run_policy(sp)
     sp = sub.add_parser("build", help="build (or find in the cache) the source-built kernels")
     with_matrix(sp)
     sp.add_argument("kernels", nargs="*", help="kernel names (default: all built from source)")
@@ -223,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     with_matrix(sp)
     sp.add_argument("cell", help="the cell, e.g. kmx-6.1/Haswell/virtio")
     sp.add_argument("-k", dest="tests", help="pytest -k expression: the tests to run (all)")
-    sp.add_argument("--runs", type=int, default=3, help="runs of the tests per step (3)")
+    sp.add_argument("--runs", type=positive, default=3, help="runs of the tests per step (3)")
     sp.add_argument("--good", help="the known-good end: a patch, or vanilla (the baseline)")
     sp.add_argument("--reports", type=Path, default=Path("reports"), help="logs go in here")
-    sp.add_argument("--json", type=Path, help="also write the steps and the answer as JSON")
+    sp.add_argument(
+        "--json", type=output_file, help="also write the steps and the answer as JSON"
+    )
     sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
     sp.add_argument(
         "--retry-failed-builds",
@@ -247,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         help="kernel source: linux-source-6.1, a directory, a git checkout (PATH@REF for a "
         "ref), a tarball or a .deb (repeat for more versions)",
     )
-    pc.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    pc.add_argument(
+        "--json", metavar="PATH", type=output_file, help="also write the results as JSON"
+    )
     pc.add_argument("--skip", action="append", default=[], metavar="GLOB", help="leave out")
     sp = sub.add_parser("setup", help="install missing host packages (as root)")
     sp.add_argument("--check", action="store_true", help="only report what is missing")
@@ -264,34 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         raw, extra = raw[:i], raw[i + 1 :]
     args = p.parse_args(raw)
     try:
-        if args.command == "init":
-            return init_cli.command(args.directory)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "run":
-            return cmd_run(args, extra)
-        if args.command == "shell":
-            return cmd_shell(args)
-        if args.command in report_cli.COMMANDS:
-            return report_cli.dispatch(args)
-        if args.command == "merge":
-            return merge.command(args)
-        if args.command == "build":
-            from kmatrix.cli.build import build_command
-
-            return build_command(args.matrix, args.kernels)
-        if args.command == "bisect":
-            from kmatrix.cli.bisect import bisect_command
-
-            return bisect_command(
-                args.matrix, args.cell, args.tests, args.runs, args.reports, args.json,
-                args.good, args.accel, args.retry_failed_builds,
-            )  # fmt: skip
-        if args.command == "patches":
-            from kmatrix.cli.patches import check_command
-
-            return check_command(args.series, args.source, args.json, args.skip)
-        return cmd_setup(args)
+        return _dispatch(args, extra)
     except KmatrixError as e:
         print(f"kmatrix: error: {e}", file=sys.stderr)
         return 2
@@ -301,6 +308,45 @@ def main(argv: list[str] | None = None) -> int:
         # `kmatrix list | head`: the reader left; say nothing more, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # the host said no (a permission, a full disk): it names the file
+        print(f"kmatrix: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: one line here, the traceback in a file
+        reports = getattr(args, "reports", None)
+        where = Path(reports) if reports and Path(reports).is_dir() else None
+        print(crash.report(e, where), file=sys.stderr)
+        return crash.EXIT_INTERNAL
+
+
+def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "init":
+        return init_cli.command(args.directory)
+    if args.command == "list":
+        return cmd_list(args)
+    if args.command == "run":
+        return cmd_run(args, extra)
+    if args.command == "shell":
+        return cmd_shell(args)
+    if args.command in report_cli.COMMANDS:
+        return report_cli.dispatch(args)
+    if args.command == "merge":
+        return merge.command(args)
+    if args.command == "build":
+        from kmatrix.cli.build import build_command
+
+        return build_command(args.matrix, args.kernels)
+    if args.command == "bisect":
+        from kmatrix.cli.bisect import bisect_command
+
+        return bisect_command(
+            args.matrix, args.cell, args.tests, args.runs, args.reports, args.json,
+            args.good, args.accel, args.retry_failed_builds,
+        )  # fmt: skip
+    if args.command == "patches":
+        from kmatrix.cli.patches import check_command
+
+        return check_command(args.series, args.source, args.json, args.skip)
+    return cmd_setup(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kmatrix.cli.values import directory
 from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
 from kmatrix.results.merge import merge_runs, summary
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "(junit-cells.xml, index.html, summary.md, kcidb.json). Exit status: 0 complete and "
         "all passed, 1 a test failed or cells or shards are missing, 2 refused.",
     )
-    sp.add_argument("out", type=Path, metavar="OUT_DIR", help="where the merged run goes")
+    sp.add_argument("out", type=directory, metavar="OUT_DIR", help="where the merged run goes")
     sp.add_argument(
         "shards",
         type=Path,
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def command(args: argparse.Namespace) -> int:
-    res = merge_runs(args.out, args.shards)
+    res = merge_runs(Path(args.out), args.shards)
     written = write_reports(args.out, ReportOptions.from_args(args))
     res.report_errors = dict(written.errors)
     print(summary(res))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from kmatrix.cli.values import non_negative, output_file, probability
 from kmatrix.errors import InputError
 from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
 from kmatrix.results.attribution import series_view
@@ -39,14 +40,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     sp.add_argument("--base", action="append", type=Path, default=[], help="a BASE run")
     sp.add_argument("--new", action="append", type=Path, default=[], help="a NEW run")
     sp.add_argument("--known-issues", type=Path, help="known-issues YAML")
-    sp.add_argument("--alpha", type=float, default=ALPHA, help=f"significance ({ALPHA})")
+    sp.add_argument("--alpha", type=probability, default=ALPHA, help=f"significance ({ALPHA})")
     sp.add_argument(
         "--min-change",
-        type=float,
+        type=non_negative,
         default=MIN_CHANGE,
         help=f"smallest relative change of the median that counts ({MIN_CHANGE})",
     )
-    sp.add_argument("--json", type=Path, help="also write the verdicts as JSON")
+    sp.add_argument("--json", type=output_file, help="also write the verdicts as JSON")
     sp.add_argument(
         "--series",
         action="store_true",
@@ -76,8 +77,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         new.append(args.runs[1])
     if not base or not new:
         raise InputError("compare: need at least one BASE and one NEW run")
-    if not 0 < args.alpha < 1:
-        raise InputError(f"compare: --alpha {args.alpha}: must be between 0 and 1")
     base_runs, new_runs = load_runs(base), load_runs(new)
     known_path = args.known_issues
     known = load_known_issues(known_path) if known_path else None

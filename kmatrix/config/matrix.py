@@ -11,13 +11,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kmatrix.config.hostaccess import CPU_RE, refusal, ungranted
 from kmatrix.config.kinds import KindParser
+from kmatrix.config.pciaddr import parse_address
 from kmatrix.config.profiles import device_ref
 from kmatrix.config.specs import (
     BASELINE_SUFFIX,
@@ -25,6 +28,7 @@ from kmatrix.config.specs import (
     CpuSpec,
     Defaults,
     Expectation,
+    HostAccess,
     KernelSpec,
     Matrix,
     Rule,
@@ -36,12 +40,15 @@ from kmatrix.config.yamlnode import NAME_RE, NodeReader, compose_file, unique
 from kmatrix.errors import MatrixError
 
 ACCELS = ("auto", "kvm", "tcg")
+# Far above any matrix one machine or CI pipeline runs (the 1,000-cell matrix measured in
+# the design notes); a few short lists must not expand into millions of cells.
+MAX_COMBINATIONS = 20_000
 EXPECT_OUTCOMES = ("pass", "no-boot", "build-fail", "fail")
 # The keys each mapping of a matrix file accepts, and those it requires (docs/matrix.md
 # documents exactly these; tests/test_docs.py checks it).
 MATRIX_KEYS = (
     "name", "description", "defaults", "kernels", "cpus", "devices", "include", "exclude",
-    "expect", "suites",
+    "expect", "suites", "host_access",
 )  # fmt: skip
 MATRIX_REQUIRED = ("kernels", "cpus", "devices")
 DEFAULTS_KEYS = ("memory", "smp", "boot_timeout", "test_timeout", "accel", "kernel_args")
@@ -53,6 +60,8 @@ CPU_REQUIRED = ("name",)
 RULE_KEYS = ("kernel", "cpu", "device")  # include/exclude rules
 EXPECT_KEYS = ("kernel", "cpu", "device", "test", "outcome", "reason")
 EXPECT_REQUIRED = ("outcome",)
+HOST_ACCESS_KEYS = ("reason", "files", "devices", "networks")  # docs/security.md
+HOST_ACCESS_REQUIRED = ("reason",)
 
 
 def _kernel(
@@ -117,7 +126,7 @@ def _cpu(r: NodeReader, node: yaml.Node, key: str) -> CpuSpec:
         return CpuSpec(name=name, model=name)
     m = r.mapping(node, key, CPU_KEYS, CPU_REQUIRED)
     name = r.string(m["name"][1], f"{key}.name", NAME_RE)
-    model = r.string(m["model"][1], f"{key}.model") if "model" in m else name
+    model = r.string(m["model"][1], f"{key}.model", CPU_RE) if "model" in m else name
     flags = r.strings(m["flags"][1], f"{key}.flags") if "flags" in m else ()
     absent = r.strings(m["absent"][1], f"{key}.absent") if "absent" in m else ()
     smp = int(r.number(m["smp"][1], f"{key}.smp", 1, 64, True)) if "smp" in m else None
@@ -170,6 +179,41 @@ def _expectation(
     )
 
 
+def _host_access(r: NodeReader, node: yaml.Node) -> HostAccess:
+    """host_access: what this matrix's profiles may reach on the host (docs/security.md)."""
+    m = r.mapping(node, "host_access", HOST_ACCESS_KEYS, HOST_ACCESS_REQUIRED)
+    files = []
+    if "files" in m:
+        fnode = m["files"][1]
+        items = fnode.value if isinstance(fnode, yaml.SequenceNode) else [fnode]
+        for i, (raw, item) in enumerate(
+            zip(r.strings(fnode, "host_access.files"), items, strict=True)
+        ):
+            if not raw.startswith("/"):
+                raise r.err(item, f"host_access.files[{i}]", f"{raw!r}: must be an absolute path")
+            if os.path.realpath(raw) == "/":
+                raise r.err(item, f"host_access.files[{i}]", "granting all of / is not allowed")
+            files.append(os.path.realpath(raw))
+    devices = []
+    if "devices" in m:
+        dnode = m["devices"][1]
+        items = dnode.value if isinstance(dnode, yaml.SequenceNode) else [dnode]
+        for i, item in enumerate(items):
+            text = item.value if isinstance(item, yaml.ScalarNode) else None
+            try:
+                devices.append(parse_address(text))
+            except ValueError as e:
+                raise r.err(item, f"host_access.devices[{i}]", str(e)) from None
+    return HostAccess(
+        reason=r.string(m["reason"][1], "host_access.reason"),
+        files=tuple(files),
+        devices=tuple(devices),
+        networks=r.boolean(m["networks"][1], "host_access.networks") if "networks" in m else False,
+        path=str(r.path),
+        line=node.start_mark.line + 1,
+    )
+
+
 def _defaults(r: NodeReader, node: yaml.Node | None) -> Defaults:
     if node is None:
         return Defaults()
@@ -189,10 +233,14 @@ def _defaults(r: NodeReader, node: yaml.Node | None) -> Defaults:
 
 def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
     """Loads and validates a matrix file and expands it into cells. Raises MatrixError."""
-    path = Path(path).resolve()
+    try:
+        path = Path(path).resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop
+        raise MatrixError(path, None, None, "a symbolic link loop") from None
     r = NodeReader(path)
     root = compose_file(path)
     m = r.mapping(root, "", MATRIX_KEYS, MATRIX_REQUIRED)
+    access = _host_access(r, m["host_access"][1]) if "host_access" in m else None
     name = r.string(m["name"][1], "name", NAME_RE) if "name" in m else path.stem
     defaults = _defaults(r, m["defaults"][1] if "defaults" in m else None)
 
@@ -228,6 +276,9 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
     for i, n in enumerate(r.seq(m["devices"][1], "devices", nonempty=True)):
         d = device_ref(r, n, f"devices[{i}]")
         unique(r, seen, d.name, n, f"devices[{i}]")
+        use = ungranted(access, d.host_uses)
+        if use is not None:
+            raise MatrixError(use.path, use.line, use.key, refusal(use))
         devices.append(d)
 
     names = {
@@ -263,7 +314,15 @@ def load_matrix(path: Path | str, kinds: Mapping[str, KindParser]) -> Matrix:
         expect=expect,
         suites=suites,
         suite_rules=suite_rules,
+        host_access=access,
     )
+    combos = len(kernels) * len(cpus) * len(devices)
+    if combos > MAX_COMBINATIONS:
+        raise MatrixError(
+            path, None, "kernels x cpus x devices",
+            f"{len(kernels)} x {len(cpus)} x {len(devices)} = {combos} combinations; at most "
+            f"{MAX_COMBINATIONS} are expanded (split the matrix)",
+        )  # fmt: skip
     cells = expand(mat)
     _check_maxmem(cells)
     if not cells:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from kmatrix.config.hostaccess import Judge
 from kmatrix.config.pciaddr import parse_address
 from kmatrix.config.specs import (
     DeviceProfile,
@@ -79,6 +80,7 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
     pre = f"{where}." if where else ""
     m = r.mapping(node, key, PROFILE_KEYS, PROFILE_REQUIRED)
     name = r.string(m["name"][1], f"{pre}name", NAME_RE)
+    judge = Judge(r)
     devices: list[QemuDevice] = []
     ids: dict[str, int] = {}
     for i, dnode in enumerate(r.seq(m["devices"][1], f"{pre}devices") if "devices" in m else []):
@@ -87,11 +89,13 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         did = r.string(dm["id"][1], f"{dkey}.id", NAME_RE) if "id" in dm else None
         if did is not None:
             unique(r, ids, did, dm["id"][1], f"{dkey}.id")
+        driver = r.string(dm["driver"][1], f"{dkey}.driver", NAME_RE)
+        judge.device(dm["driver"][1], f"{dkey}.driver", driver)
         devices.append(
             QemuDevice(
-                driver=r.string(dm["driver"][1], f"{dkey}.driver", NAME_RE),
+                driver=driver,
                 id=did,
-                props=r.props(dm["props"][1], f"{dkey}.props") if "props" in dm else (),
+                props=_props(r, judge, dm, f"{dkey}.props", f"device {driver!r}"),
             )
         )
     objects: list[QemuObject] = []
@@ -100,13 +104,24 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         om = r.mapping(onode, okey, QEMU_OBJECT_KEYS, QEMU_OBJECT_REQUIRED)
         oid = r.string(om["id"][1], f"{okey}.id", NAME_RE)
         unique(r, ids, oid, om["id"][1], f"{okey}.id")
-        objects.append(
-            QemuObject(
-                qom_type=r.string(om["type"][1], f"{okey}.type", NAME_RE),
-                id=oid,
-                props=r.props(om["props"][1], f"{okey}.props") if "props" in om else (),
-            )
-        )
+        qom_type = r.string(om["type"][1], f"{okey}.type", NAME_RE)
+        oprops = _props(r, judge, om, f"{okey}.props", f"object {qom_type!r}")
+        judge.obj(om["type"][1], f"{okey}.type", qom_type, (k for k, _ in oprops))
+        objects.append(QemuObject(qom_type=qom_type, id=oid, props=oprops))
+    machine_props: tuple[tuple[str, str], ...] = ()
+    if "machine_props" in m:
+        items = r.prop_items(m["machine_props"][1], f"{pre}machine_props")
+        judge.machine(items, f"{pre}machine_props")
+        machine_props = tuple((k, v) for _, _, k, v in items)
+    globals_: list[str] = []
+    if "globals" in m:
+        gnode = m["globals"][1]
+        gitems = gnode.value if isinstance(gnode, yaml.SequenceNode) else [gnode]
+        for i, (text, item) in enumerate(
+            zip(r.strings(gnode, f"{pre}globals"), gitems, strict=True)
+        ):
+            judge.global_(item, f"{pre}globals[{i}]", text)
+            globals_.append(text)
     expect: list[PciExpect] = []
     for i, enode in enumerate(
         r.seq(m["expect_pci"][1], f"{pre}expect_pci") if "expect_pci" in m else []
@@ -126,12 +141,10 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         if "description" in m
         else "",
         machine=r.choice(m["machine"][1], f"{pre}machine", MACHINES) if "machine" in m else "q35",
-        machine_props=r.props(m["machine_props"][1], f"{pre}machine_props")
-        if "machine_props" in m
-        else (),
+        machine_props=machine_props,
         devices=tuple(devices),
         objects=tuple(objects),
-        globals=r.strings(m["globals"][1], f"{pre}globals") if "globals" in m else (),
+        globals=tuple(globals_),
         kernel_args=r.args(m["kernel_args"][1], f"{pre}kernel_args") if "kernel_args" in m else (),
         modules=r.strings(m["modules"][1], f"{pre}modules") if "modules" in m else (),
         expect_pci=tuple(expect),
@@ -139,7 +152,7 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         if "memory" in m
         else None,
         origin=f"{r.path}:{node.start_mark.line + 1}",
-        scratch_disk=_scratch_disk(r, m["scratch_disk"][1], f"{pre}scratch_disk", ids)
+        scratch_disk=_scratch_disk(r, judge, m["scratch_disk"][1], f"{pre}scratch_disk", ids)
         if "scratch_disk" in m
         else None,
         hotplug=_hotplug(r, m["hotplug"][1], f"{pre}hotplug", devices) if "hotplug" in m else (),
@@ -147,7 +160,19 @@ def _profile(r: NodeReader, node: yaml.Node, where: str) -> DeviceProfile:
         if "memory_hotplug" in m
         else None,
     )
-    return _pcie_topology(r, m, pre, profile, ids)
+    profile = _pcie_topology(r, m, pre, profile, ids, judge)
+    return replace(profile, host_uses=tuple(judge.uses))
+
+
+def _props(
+    r: NodeReader, judge: Judge, m: dict[str, tuple[yaml.Node, yaml.Node]], key: str, owner: str
+) -> tuple[tuple[str, str], ...]:
+    """An option's props:, each key and value judged (kmatrix.config.hostaccess)."""
+    if "props" not in m:
+        return ()
+    items = r.prop_items(m["props"][1], key)
+    judge.props(items, key, owner)
+    return tuple((k, v) for _, _, k, v in items)
 
 
 def _pcie_topology(
@@ -156,6 +181,7 @@ def _pcie_topology(
     pre: str,
     profile: DeviceProfile,
     ids: dict[str, int],
+    judge: Judge,
 ) -> DeviceProfile:
     """Checks iommu, mmio64, numa_nodes, gpu_stubs and host_devices and records them on the
     profile; kmatrix.vm.devices turns them into QEMU devices."""
@@ -221,6 +247,7 @@ def _pcie_topology(
                 raise r.err(hm["host"][1], f"{ikey}.host", str(e)) from None
             if any(h.address == addr for h in hosts):
                 raise r.err(hm["host"][1], f"{ikey}.host", f"{addr} is listed twice")
+            judge.host_device(hm["host"][1], f"{ikey}.host", addr)
             hosts.append(HostDevice(address=addr, id=f"host{i}"))
         vfio_wanted = True
 
@@ -275,17 +302,21 @@ def _pcie_topology(
     )
 
 
-def _scratch_disk(r: NodeReader, node: yaml.Node, key: str, ids: dict[str, int]) -> ScratchDisk:
+def _scratch_disk(
+    r: NodeReader, judge: Judge, node: yaml.Node, key: str, ids: dict[str, int]
+) -> ScratchDisk:
     m = r.mapping(node, key, SCRATCH_DISK_KEYS, SCRATCH_DISK_REQUIRED)
     did = r.string(m["id"][1], f"{key}.id", NAME_RE) if "id" in m else "scratch0"
     unique(r, ids, did, m["id"][1] if "id" in m else node, f"{key}.id")
+    driver = "virtio-blk-pci"
+    if "driver" in m:
+        driver = r.string(m["driver"][1], f"{key}.driver", NAME_RE)
+        judge.device(m["driver"][1], f"{key}.driver", driver)
     return ScratchDisk(
         id=did,
         size=int(r.number(m["size"][1], f"{key}.size", 1, 1 << 16, True)),
-        driver=r.string(m["driver"][1], f"{key}.driver", NAME_RE)
-        if "driver" in m
-        else "virtio-blk-pci",
-        props=r.props(m["props"][1], f"{key}.props") if "props" in m else (),
+        driver=driver,
+        props=_props(r, judge, m, f"{key}.props", f"scratch disk {driver!r}"),
     )
 
 

@@ -182,6 +182,46 @@ class HostDevice:
     id: str  # QEMU device id
 
 
+FILES, DEVICES, NETWORKS = "files", "devices", "networks"  # kinds of host access
+
+
+@dataclass(frozen=True)
+class HostUse:
+    """One thing a profile reaches on the host, and where the profile asks for it."""
+
+    kind: str  # FILES | DEVICES | NETWORKS
+    what: str  # a resolved host path, a PCI address, a QEMU driver or object type
+    path: str  # the profile file
+    line: int | None
+    key: str  # e.g. devices[0].props.romfile
+
+    def describe(self) -> str:
+        noun = {FILES: "the host file", DEVICES: "the host PCI device"}.get(
+            self.kind, "a host network service through"
+        )
+        return f"{noun} {self.what}"
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """A matrix's `host_access:` section: what its profiles may reach on the host."""
+
+    reason: str
+    files: tuple[str, ...] = ()  # resolved host paths; a use must be one of them or below
+    devices: tuple[str, ...] = ()  # canonical PCI addresses
+    networks: bool = False
+    path: str = ""  # the matrix file
+    line: int | None = None
+
+    def grants(self, use: HostUse) -> bool:
+        if use.kind == FILES:
+            target = Path(use.what)
+            return any(target == Path(g) or Path(g) in target.parents for g in self.files)
+        if use.kind == DEVICES:
+            return use.what in self.devices
+        return self.networks
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -204,6 +244,8 @@ class DeviceProfile:
     numa_nodes: int = 0  # guest NUMA nodes (0: none); memory and vCPUs are split evenly
     gpu_stubs: GpuStubs | None = None
     host_devices: tuple[HostDevice, ...] = ()
+    # What its QEMU options reach on the host (kmatrix.config.hostaccess), in file order.
+    host_uses: tuple[HostUse, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -311,6 +353,7 @@ class Matrix:
     expect: tuple[Expectation, ...] = ()
     suites: Suites = Suites()  # matrix level
     suite_rules: tuple[SuiteRule, ...] = ()  # cell level
+    host_access: HostAccess | None = None  # the matrix's host_access: section
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:

@@ -12,17 +12,21 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from kmatrix.config.hostaccess import ALLOW_OPTION
 from kmatrix.config.specs import Cell
 from kmatrix.errors import (
     GuestDied,
     GuestError,
     GuestTimeout,
     HostDeviceUnavailable,
+    InfraError,
+    InputError,
     KmatrixError,
     VMError,
 )
@@ -38,7 +42,7 @@ from kmatrix.vm.argv import BootPaths, build_argv
 from kmatrix.vm.console import ConsoleRecorder
 from kmatrix.vm.devices import lower
 from kmatrix.vm.hostpci import check_host_devices
-from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported
+from kmatrix.vm.machine import SANDBOX_ON, Machine, private_rundir, sandbox_state
 
 CONSOLE_TAIL_LINES = 60
 JOURNAL = "commands.jsonl"  # one JSON line per guest command, for reproduce.sh
@@ -81,8 +85,12 @@ class Guest:
         outdir: Path,
         accel: str | None = None,
         direct_boot: bool = True,
+        allow_host_access: bool = False,
+        require_sandbox: bool = False,
     ) -> None:
         self.cell = cell
+        self.allow_host_access = allow_host_access
+        self.require_sandbox = require_sandbox
         self.outdir = outdir
         self.requested_accel = accel or cell.accel
         self.direct_boot = direct_boot
@@ -107,8 +115,15 @@ class Guest:
     # --- preparing ----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Checks host devices, resolves the kernel and packs the image; raises
-        HostDeviceUnavailable/InputError/InfraError, boots nothing."""
+        """Checks host access, the sandbox and host devices, resolves the kernel and packs
+        the image; raises HostDeviceUnavailable/InputError/InfraError, boots nothing."""
+        uses = self.cell.device.host_uses
+        if uses and not self.allow_host_access:
+            # The plugin and the CLI refuse such a run up front; this is the last gate.
+            raise InputError(
+                f"{self.cell.id}: reaches {uses[0].describe()} ({uses[0].path}:{uses[0].line} "
+                f"{uses[0].key}) and host access is not allowed ({ALLOW_OPTION})"
+            )
         if self.cell.device.host_devices:
             # Real passthrough is checked on the host first, never tried blindly.
             reason = check_host_devices(h.address for h in self.cell.device.host_devices)
@@ -128,6 +143,13 @@ class Guest:
         if self.kernel.config_path is not None:
             files["config"] = self.kernel.config_path
         self.record.digests = {k: stamped_digest(p) for k, p in files.items()}
+        # Asked last: every input is checked before any QEMU (even the probe) runs.
+        self.record.sandbox = sandbox_state()
+        if self.record.sandbox != SANDBOX_ON and self.require_sandbox:
+            raise InfraError(
+                f"{self.cell.id}: QEMU cannot run under its seccomp sandbox "
+                f"({self.record.sandbox.removeprefix('off: ')}) and the run requires it"
+            )
 
     def _argv(self, accel: str, rundir: Path, console: Path, shell: bool = False) -> list[str]:
         assert self.kernel is not None and self.initrd is not None
@@ -147,8 +169,22 @@ class Guest:
             accel,
             self.record.channel,
             shell=shell,
-            sandbox=sandbox_supported(),
+            sandbox=self.record.sandbox == SANDBOX_ON,
         )
+
+    def _machine(
+        self, accel: str, console: Path, log: str, shell: bool = False, extra: tuple[str, ...] = ()
+    ) -> Machine:
+        """A Machine with its private run directory; the directory goes if this fails (and
+        with the Machine when it ends, however its launch goes)."""
+        rundir = private_rundir()
+        try:
+            argv = [*self._argv(accel, rundir, console, shell=shell), *extra]
+        except BaseException:
+            shutil.rmtree(rundir, ignore_errors=True)
+            raise
+        self.machine = Machine(argv, rundir, self.outdir / log, self.cell.id)
+        return self.machine
 
     def _scratch_disk(self, rundir: Path) -> Path | None:
         """A fresh sparse file for the profile's scratch disk, private to this boot."""
@@ -165,7 +201,7 @@ class Guest:
         """Boots this cell under KVM with a short deadline; None if the agent answered."""
         probe = Guest(self.cell, self.outdir / "kvm-probe", accel="kvm", direct_boot=False)
         probe.kernel, probe.modules, probe.initrd = self.kernel, self.modules, self.initrd
-        probe.record.channel = self.record.channel
+        probe.record.channel, probe.record.sandbox = self.record.channel, self.record.sandbox
         try:
             probe._boot("kvm", accel_mod.PROBE_TIMEOUT)
             return None
@@ -186,24 +222,17 @@ class Guest:
 
     def _boot(self, accel: str, timeout: float) -> None:
         self.outdir.mkdir(parents=True, exist_ok=True)
-        rundir = private_rundir()
         self.record.launches += 1
         if self.record.launches > 1:  # a later boot of the cell must not truncate the first's log
             self.console_log = self.outdir / f"console-{self.record.launches}.log"
-        argv = self._argv(accel, rundir, self.console_log)
+        machine = self._machine(accel, self.console_log, "qemu.log")
+        rundir = machine.rundir
         if self.record.launches == 1:
-            self.record.qemu_argv, self.record.rundir = argv, str(rundir)
+            self.record.qemu_argv, self.record.rundir = machine.argv, str(rundir)
             self.record.boot_timeout = timeout
             disk = self.cell.device.scratch_disk
             if disk is not None and self.scratch_disk is not None:
                 self.record.scratch_disk = {self.scratch_disk.name: disk.size}
-        machine = Machine(
-            argv,
-            rundir,
-            self.outdir / "qemu.log",
-            self.cell.id,
-        )
-        self.machine = machine
         recorder = ConsoleRecorder(self.console_log)
         self.recorder = recorder
         machine.launch(before_cont=lambda: recorder.connect(rundir / "console.sock", 10.0))
@@ -236,14 +265,7 @@ class Guest:
             self.prepare()
         choice = accel_mod.choose(self.requested_accel, self._probe_kvm)
         self.record.accel, self.record.accel_reason = choice.accel, choice.reason
-        rundir = private_rundir()
-        machine = Machine(
-            self._argv(choice.accel, rundir, self.console_log, shell=True),
-            rundir,
-            self.outdir / "qemu.log",
-            self.cell.id,
-        )
-        self.machine = machine
+        machine = self._machine(choice.accel, self.console_log, "qemu.log", shell=True)
         machine.launch(interactive=True)
         try:
             code = machine.proc.wait() if machine.proc is not None else 1
@@ -438,13 +460,13 @@ class Guest:
     ) -> None:
         state = self._snapshot
         assert state is not None
-        rundir = private_rundir()
-        argv = [*self._argv(self.record.accel, rundir, self.console_log), "-incoming", "defer"]
+        machine = self._machine(
+            self.record.accel, self.console_log, "qemu-restore.log", extra=("-incoming", "defer")
+        )
+        rundir = machine.rundir
         if self._snapshot_disk is not None and self.scratch_disk is not None:
             with self.scratch_disk.open("r+b") as disk:
                 snap.copy_sparse(self._snapshot_disk, disk.fileno())
-        machine = Machine(argv, rundir, self.outdir / "qemu-restore.log", self.cell.id)
-        self.machine = machine
         recorder = ConsoleRecorder(self.console_log, append=True)
         self.recorder = recorder
         if self._transcript is None:

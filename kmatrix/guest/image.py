@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import lzma
 import os
 import re
 import shutil
@@ -27,8 +26,10 @@ import yaml
 from kmatrix.config.yamlnode import NodeReader, compose_file
 from kmatrix.errors import ArtifactError, InfraError
 from kmatrix.host.cache import cache_root, digest_bytes, ensure_file, file_stamp, stamped_digest
+from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_regular
 from kmatrix.host.tools import run_tool
 from kmatrix.kernels.artifact import KernelArtifact
+from kmatrix.kernels.bzimage import KernelImageError, decompress_file
 from kmatrix.resources import data_dir
 
 RECIPE_VERSION = "1"  # bump when the layout code below changes
@@ -175,15 +176,20 @@ class ModuleIndex:
 
     @classmethod
     def _parse(cls, modules_dir: Path) -> ModuleIndex:
+        """modules.dep's entries must be relative paths inside the module tree (depmod writes
+        them so); any other is an ArtifactError naming the file, line and entry."""
+        dep_file = _module_file(modules_dir, "modules.dep")
         deps: dict[str, tuple[str, ...]] = {}
-        for line in (modules_dir / "modules.dep").read_text().splitlines():
+        for n, line in enumerate(_read_index(dep_file).splitlines(), 1):
             if ":" in line:
                 mod, rest = line.split(":", 1)
+                for entry in (mod, *rest.split()):
+                    _check_entry(dep_file, n, entry)
                 deps[mod] = tuple(rest.split())
-        builtin_file = modules_dir / "modules.builtin"
+        builtin_file = _module_file(modules_dir, "modules.builtin")
         builtin = frozenset(
             module_name(line)
-            for line in (builtin_file.read_text().splitlines() if builtin_file.is_file() else [])
+            for line in (_read_index(builtin_file).splitlines() if builtin_file.is_file() else [])
         )
         return cls(deps, {module_name(p): p for p in deps}, builtin)
 
@@ -215,6 +221,32 @@ class ModuleIndex:
 
 
 _INDEXES: dict[tuple[str, ...], ModuleIndex] = {}
+MAX_INDEX_BYTES = 64 << 20  # Debian's generic 6.12 modules.dep is ~0.5 MiB
+MAX_MODULE_BYTES = 256 << 20  # decompressed; the largest Debian module is ~30 MiB
+
+
+def _module_file(modules_dir: Path, rel: str) -> Path:
+    """A file of the kernel's module tree, every link resolved and kept inside the tree."""
+    try:
+        return confine(modules_dir, rel, f"module file {rel}")
+    except PathEscape as e:
+        raise ArtifactError(f"{modules_dir}: {e} (a link that escapes the module tree)") from None
+
+
+def _read_index(path: Path) -> str:
+    try:
+        return read_regular(path, MAX_INDEX_BYTES).decode(errors="replace")
+    except FileRefused as e:
+        raise ArtifactError(str(e)) from None
+
+
+def _check_entry(dep_file: Path, line: int, entry: str) -> None:
+    parts = entry.split("/")
+    if not entry or entry.startswith("/") or ".." in parts or "\x00" in entry:
+        raise ArtifactError(
+            f"{dep_file}:{line}: {entry!r} is not a path inside the module tree (absolute or "
+            "with ..): refusing to read it"
+        )
 
 
 def channel_for(kernel: KernelArtifact, index: ModuleIndex) -> str:
@@ -254,18 +286,21 @@ def _shared_libs(binary: Path) -> list[Path]:
     return libs
 
 
-def _decompress_module(src: Path, dst: Path) -> None:
-    if src.suffix == ".xz":
-        dst.write_bytes(lzma.decompress(src.read_bytes()))
-    elif src.suffix == ".zst":
-        with dst.open("wb") as out:
-            subprocess.run(["zstd", "-dc", str(src)], stdout=out, check=True, timeout=60)
-    elif src.suffix == ".gz":
-        import gzip
+_COMPRESSION = {".xz": "xz", ".zst": "zstd", ".gz": "gzip"}
 
-        dst.write_bytes(gzip.decompress(src.read_bytes()))
-    else:
+
+def _decompress_module(src: Path, dst: Path) -> None:
+    """A module, decompressed (busybox modprobe loads plain .ko), at most MAX_MODULE_BYTES."""
+    compression = _COMPRESSION.get(src.suffix)
+    if compression is None:
+        check_regular(src, MAX_MODULE_BYTES)
         shutil.copyfile(src, dst)
+        return
+    with dst.open("wb") as out:
+        try:
+            decompress_file(src, compression, out, MAX_MODULE_BYTES)
+        except KernelImageError as e:
+            raise ArtifactError(str(e)) from None
 
 
 def _stage(
@@ -337,14 +372,15 @@ def _stage(
         dep_lines = []
         for rel in load:
             plain = _MOD_SUFFIX.sub(".ko", rel)
-            (mdir / plain).parent.mkdir(parents=True, exist_ok=True)
-            _decompress_module(kernel.modules_dir / rel, mdir / plain)
+            staged = confine(mdir, plain, f"module {plain} in the image")
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            _decompress_module(_module_file(kernel.modules_dir, rel), staged)
             deps = " ".join(_MOD_SUFFIX.sub(".ko", d) for d in index.deps.get(rel, ()))
             dep_lines.append(f"{plain}: {deps}".rstrip() + "\n")
         (mdir / "modules.dep").write_text("".join(dep_lines))
-        builtin = kernel.modules_dir / "modules.builtin"
+        builtin = _module_file(kernel.modules_dir, "modules.builtin")
         if builtin.is_file():
-            shutil.copyfile(builtin, mdir / "modules.builtin")
+            (mdir / "modules.builtin").write_text(_read_index(builtin))
         (root / "etc/kmatrix/modules").write_text(
             "".join(_MOD_SUFFIX.sub(".ko", rel) + "\n" for rel in load)
         )
@@ -369,6 +405,23 @@ def _pack(root: Path, dest: Path) -> None:
         raise InfraError(f"cpio failed building {dest}: {p.stderr.decode(errors='replace')}")
 
 
+def image_key(
+    recipe: Recipe, kernel: KernelArtifact, index: ModuleIndex, wanted: Sequence[str]
+) -> str:
+    """Everything that goes into the image: the recipe, the kernel's release, each module
+    loaded (content and dependencies) and modules.builtin (the guest's modprobe reads it)."""
+    key_parts: list[bytes | str] = [recipe.digest(), kernel.release]
+    for rel in index.closure(wanted):
+        assert kernel.modules_dir is not None
+        key_parts += [rel, stamped_digest(_module_file(kernel.modules_dir, rel)),
+                      " ".join(index.deps.get(rel, ()))]  # fmt: skip
+    if kernel.modules_dir is not None:
+        builtin = _module_file(kernel.modules_dir, "modules.builtin")
+        if builtin.is_file():
+            key_parts += ["modules.builtin", stamped_digest(builtin)]
+    return digest_bytes(*key_parts)[:24]
+
+
 def build_image(
     kernel: KernelArtifact,
     modules: Sequence[str],
@@ -378,12 +431,7 @@ def build_image(
     recipe = recipe or load_recipe()
     index = ModuleIndex.load(kernel.modules_dir)
     wanted = list(dict.fromkeys(modules))
-    load = index.closure(wanted)
-    key_parts: list[bytes | str] = [recipe.digest(), kernel.release]
-    for rel in load:
-        assert kernel.modules_dir is not None
-        key_parts += [rel, stamped_digest(kernel.modules_dir / rel)]
-    key = digest_bytes(*key_parts)[:24]
+    key = image_key(recipe, kernel, index, wanted)
     dest = cache_root() / "images" / f"initramfs-{key}.cpio"
     dest.parent.mkdir(parents=True, exist_ok=True)
 
@@ -392,7 +440,7 @@ def build_image(
             root = Path(staging)
             try:
                 _stage(root, recipe, kernel, index, wanted)
-            except (OSError, subprocess.SubprocessError, lzma.LZMAError) as e:
+            except (OSError, subprocess.SubprocessError, PathEscape) as e:
                 raise ArtifactError(f"building the guest image for {kernel.name}: {e}") from e
             _pack(root, tmp)
 

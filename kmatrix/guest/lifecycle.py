@@ -27,9 +27,17 @@ class CellPool:
     """Boots a cell on first use, keeps one VM per worker, stops a cell after its last test."""
 
     def __init__(
-        self, reports: Path, accel: str | None, direct_boot: bool, retries: int = 1
+        self,
+        reports: Path,
+        accel: str | None,
+        direct_boot: bool,
+        retries: int = 1,
+        allow_host_access: bool = False,
+        require_sandbox: bool = False,
     ) -> None:
         self.reports = reports
+        self.allow_host_access = allow_host_access
+        self.require_sandbox = require_sandbox
         self.accel = accel
         self.direct_boot = direct_boot
         self.guests: dict[str, Guest] = {}
@@ -73,7 +81,10 @@ class CellPool:
             if other != cell.id:
                 self.stop(other)
         if g is None:
-            g = Guest(cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot)
+            g = Guest(
+                cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot,
+                allow_host_access=self.allow_host_access, require_sandbox=self.require_sandbox,
+            )  # fmt: skip
             g.disk_providers = list(self.disk_providers.get(cell.id, ()))
             self.guests[cell.id] = g
             try:

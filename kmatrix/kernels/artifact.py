@@ -15,7 +15,9 @@ from kmatrix.build.builder import BuiltKernel
 from kmatrix.config.specs import KernelSpec
 from kmatrix.errors import ArtifactError
 from kmatrix.host.cache import cache_root, ensure_file, stamped_digest
+from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_regular
 from kmatrix.kernels import bzimage
+from kmatrix.kernels.base import KernelFiles
 from kmatrix.kernels.kconfig import parse_config
 from kmatrix.kernels.registry import KINDS
 
@@ -60,6 +62,28 @@ def extracted_vmlinux(info: bzimage.KernelImageInfo) -> bzimage.KernelImageInfo 
     return elf if elf.pvh else None
 
 
+MAX_CONFIG_BYTES = 16 << 20  # a full allyesconfig .config is ~0.4 MiB
+
+
+def _inside(files: KernelFiles, path: Path | None, origin: str) -> Path | None:
+    """path with its links resolved, refused when it leaves the artefact's root: a package
+    whose vmlinuz or module tree is a link to a host file must not make it "the kernel"."""
+    if path is None or files.root is None:
+        return path
+    root = files.root.resolve()
+    try:
+        return confine(root, path, "")
+    except PathEscape as e:
+        try:
+            member = str(path.relative_to(files.root))
+        except ValueError:
+            member = str(path)
+        raise ArtifactError(
+            f"{origin}: {files.root_name or root}: member {member} leads to {e.target}, "
+            "outside the artefact: refused"
+        ) from None
+
+
 def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
     """Makes sure the kernel exists, reads its release and checks it against the matrix."""
     origin = f"{spec.origin} (kernel {spec.name})"
@@ -71,11 +95,22 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
         ) from None
     files = kind.locate(spec, origin)
     image, config_path, modules_root, built = (
-        files.image, files.config_path, files.modules_root, files.build,
-    )  # fmt: skip
+        _inside(files, files.image, origin),
+        # What the matrix named itself (modules:, config:) is not the artefact's.
+        files.config_path
+        if files.config_path == spec.config
+        else _inside(files, files.config_path, origin),
+        files.modules_root
+        if files.modules_root == spec.modules
+        else _inside(files, files.modules_root, origin),
+        files.build,
+    )
+    assert image is not None
 
-    if not image.is_file():
-        raise ArtifactError(f"{origin}: kernel image not found: {image}")
+    try:
+        check_regular(image)
+    except FileRefused as e:
+        raise ArtifactError(f"{origin}: kernel image {e.reason}: {image}") from None
     try:
         info = bzimage.read_kernel_image(image)
     except bzimage.KernelImageError as e:
@@ -100,13 +135,17 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
                 )
         else:
             raise ArtifactError(f"{origin}: no modules for {info.release} under {modules_root}")
+        if files.modules_root != spec.modules:
+            modules_dir = _inside(files, modules_dir, origin)  # lib/modules/<release> too
 
     config: dict[str, str] = {}
     if config_path is not None:
         try:
-            config = parse_config(config_path.read_text(errors="replace"))
-        except OSError as e:
-            raise ArtifactError(f"{origin}: cannot read config {config_path}: {e}") from None
+            config = parse_config(
+                read_regular(config_path, MAX_CONFIG_BYTES).decode(errors="replace")
+            )
+        except FileRefused as e:
+            raise ArtifactError(f"{origin}: cannot read config: {e}") from None
 
     boot_image = image
     if direct_boot and (not config or config.get("CONFIG_PVH") == "y"):

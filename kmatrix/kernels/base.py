@@ -9,7 +9,9 @@ the modules directory and the direct-boot vmlinux are common to all kinds
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +20,7 @@ from kmatrix.build.builder import BuiltKernel
 from kmatrix.config.kinds import KindParser
 from kmatrix.config.specs import KernelSpec
 from kmatrix.errors import ArtifactError
+from kmatrix.host.paths import PathEscape, confine, file_kind
 
 DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -28,6 +31,11 @@ class KernelFiles:
     config_path: Path | None = None  # the kernel's .config, when the kind has one
     modules_root: Path | None = None  # lib/modules or lib/modules/<release>
     build: BuiltKernel | None = None  # for kernels built from source
+    # The tree the kind unpacked or built the kernel into (a package's contents, a build's
+    # output), and what to call it in errors: image, config and modules found there must
+    # stay inside it, whatever links they are. None: paths the matrix named itself.
+    root: Path | None = None
+    root_name: str = ""
 
 
 class SourceKind(KindParser, Protocol):
@@ -42,3 +50,24 @@ def one(paths: list[Path], what: str, origin: str) -> Path:
         names = ", ".join(p.name for p in paths) or "none"
         raise ArtifactError(f"{origin}: expected one {what}, found {names}")
     return paths[0]
+
+
+def check_members(root: Path, what: str) -> None:
+    """Every member of an unpacked package is a plain file, a directory, or a link that stays
+    inside the package: an absolute or escaping link (or a device, FIFO, socket) would have
+    depmod, the image builder or the kernel reader open a host file instead."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath) / name
+            member = path.relative_to(root)
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                try:
+                    confine(root, member, str(member))
+                except PathEscape as e:
+                    raise ArtifactError(
+                        f"{what}: member {member} is a link to {os.readlink(path)!r}, which "
+                        f"leads to {e.target}, outside the package: refused"
+                    ) from None
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ArtifactError(f"{what}: member {member} is {file_kind(mode)}: refused")

@@ -12,6 +12,7 @@ reading its first few hundred bytes.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import dataclasses
 import lzma
 import os
@@ -20,6 +21,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import BinaryIO, Protocol
 __all__ = [
     "KernelImageError",
     "KernelImageInfo",
+    "decompress_file",
     "elf_has_pvh_note",
     "extract_vmlinux",
     "read_kernel_image",
@@ -240,7 +243,10 @@ def extract_vmlinux(info: KernelImageInfo, dest: Path) -> KernelImageInfo:
                 )
             # The build appends the uncompressed size as le32 (for gzip it is the ISIZE field).
             (expected_size,) = struct.unpack("<I", _read_at(f, end - 4, 4))
-            written = extractor(src, f, info.payload_offset, info.payload_length, out)
+            # Output is capped at the recorded size (and at MAX_VMLINUX): a payload that
+            # decompresses to more is corrupt (or a bomb) and is stopped there.
+            cap = min(expected_size, MAX_VMLINUX)
+            written = extractor(src, f, info.payload_offset, info.payload_length, out, cap, 4)
         if written != expected_size:
             raise KernelImageError(
                 src,
@@ -590,39 +596,82 @@ def _find_banner(f: BinaryIO, start: int, end: int) -> bytes | None:
 
 # --- decompression ---------------------------------------------------------------------------
 
+# No x86 vmlinux is anywhere near this (Debian's generic 6.12 is ~70 MB); a payload that
+# claims more, or decompresses to more than it claims, is refused before it fills the disk.
+MAX_VMLINUX = 1 << 30
+
 
 class _Decompressor(Protocol):
     @property
     def eof(self) -> bool: ...
 
-    def decompress(self, data: bytes, /) -> bytes: ...
+    @property
+    def needs_input(self) -> bool: ...
+
+    def decompress(self, data: bytes, /, max_length: int = -1) -> bytes: ...
 
 
-# (src path, open image, payload offset, payload length, output) -> bytes written
-_Extractor = Callable[[Path, BinaryIO, int, int, BinaryIO], int]
+class _Zlib:
+    """zlib's decompressobj with the needs_input/max_length interface of lzma and bz2."""
+
+    def __init__(self) -> None:
+        # wbits=16+MAX_WBITS: a single gzip member, with its header and trailer checked.
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._d.unconsumed_tail
+
+    def decompress(self, data: bytes, /, max_length: int = -1) -> bytes:
+        return self._d.decompress(self._d.unconsumed_tail + data, max(max_length, 0))
+
+
+# (src path, open file, offset, length, output, limit, trailer bytes) -> bytes written.
+# At most limit bytes are written: more is a KernelImageError. trailer: bytes at the end of
+# the region that are not part of the compressed stream (a bzImage's le32 size).
+_Extractor = Callable[[Path, BinaryIO, int, int, BinaryIO, int, int], int]
+
+
+def _too_big(src: Path, name: str, limit: int) -> KernelImageError:
+    return KernelImageError(
+        src, f"{name} data decompresses to more than {limit} bytes, the most expected: refused"
+    )
 
 
 def _stream_extractor(
     name: str, factory: Callable[[], _Decompressor], errors: tuple[type[Exception], ...]
 ) -> _Extractor:
-    def extract(src: Path, f: BinaryIO, offset: int, length: int, out: BinaryIO) -> int:
+    def extract(
+        src: Path, f: BinaryIO, offset: int, length: int, out: BinaryIO, limit: int, trailer: int
+    ) -> int:
         dec = factory()
         written = 0
         remaining = length
         f.seek(offset)
-        # Feed the whole payload region; bytes after the end of the first stream (the le32
-        # size, padding, anything else) are left unused rather than treated as an error.
+        # Feed the whole region; bytes after the end of the first stream (the le32 size,
+        # padding, anything else) are left unused rather than treated as an error. Each call
+        # may produce at most what is still allowed, so a bomb never gets further.
         while remaining > 0 and not dec.eof:
             chunk = f.read(min(_READ_CHUNK, remaining))
             if not chunk:
                 break
             remaining -= len(chunk)
-            try:
-                data = dec.decompress(chunk)
-            except errors as exc:
-                raise KernelImageError(src, f"{name} payload is corrupt: {exc}") from exc
-            out.write(data)
-            written += len(data)
+            while True:
+                try:
+                    data = dec.decompress(chunk, max_length=limit + 1 - written)
+                except errors as exc:
+                    raise KernelImageError(src, f"{name} payload is corrupt: {exc}") from exc
+                chunk = b""
+                written += len(data)
+                if written > limit:
+                    raise _too_big(src, name, limit)
+                out.write(data)
+                if dec.eof or dec.needs_input:
+                    break
         if not dec.eof:
             raise KernelImageError(
                 src,
@@ -635,7 +684,9 @@ def _stream_extractor(
 
 
 def _tool_extractor(name: str, tool: str, package: str) -> _Extractor:
-    def extract(src: Path, f: BinaryIO, offset: int, length: int, out: BinaryIO) -> int:
+    def extract(
+        src: Path, f: BinaryIO, offset: int, length: int, out: BinaryIO, limit: int, trailer: int
+    ) -> int:
         exe = shutil.which(tool)
         if exe is None:
             raise KernelImageError(
@@ -644,40 +695,71 @@ def _tool_extractor(name: str, tool: str, package: str) -> _Extractor:
                 f"decompress it is not installed (Debian package: {package})",
             )
         # These tools reject the appended le32 size as a malformed next frame, so cut it off.
-        payload = _read_at(f, offset, length - 4)
-        start = out.tell()
-        try:
-            proc = subprocess.run(
-                [exe, "-dc"],
-                input=payload,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                check=False,
-                timeout=_TOOL_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise KernelImageError(
-                src, f"'{tool} -dc' did not finish within {_TOOL_TIMEOUT:.0f} s"
-            ) from exc
-        if proc.returncode != 0:
-            msg = proc.stderr.decode(errors="replace").strip().splitlines()
-            detail = msg[-1] if msg else "no message"
-            raise KernelImageError(
-                src,
-                f"{name} payload could not be decompressed: '{tool} -dc' exited with "
-                f"status {proc.returncode}: {detail}",
-            )
-        out.flush()
-        return out.seek(0, os.SEEK_END) - start
+        payload = _read_at(f, offset, length - trailer)
+        return _capped_tool(src, name, [exe, "-dc"], payload, out, limit)
 
     return extract
 
 
+def _capped_tool(
+    src: Path, name: str, argv: list[str], payload: bytes, out: BinaryIO, limit: int
+) -> int:
+    """argv reading payload on stdin; its stdout copied to out until limit, then killed."""
+    tool = Path(argv[0]).name
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def feed() -> None:
+        with contextlib.suppress(OSError):  # the tool may stop reading (an error, a kill)
+            stdin.write(payload)
+        with contextlib.suppress(OSError):
+            stdin.close()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(_TOOL_TIMEOUT, expire)
+    timer.start()
+    written = 0
+    try:
+        while chunk := stdout.read(_READ_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise _too_big(src, name, limit)
+            out.write(chunk)
+        err = proc.stderr.read(64 << 10)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        writer.join(10)
+        for stream in (stdout, proc.stderr):
+            stream.close()
+    if timed_out.is_set():
+        raise KernelImageError(src, f"'{tool} -dc' did not finish within {_TOOL_TIMEOUT:.0f} s")
+    if code != 0:
+        msg = err.decode(errors="replace").strip().splitlines()
+        detail = msg[-1] if msg else "no message"
+        raise KernelImageError(
+            src,
+            f"{name} payload could not be decompressed: '{tool} -dc' exited with "
+            f"status {code}: {detail}",
+        )
+    return written
+
+
 _EXTRACTORS: dict[str, _Extractor] = {
-    # wbits=16+MAX_WBITS: a single gzip member, with its header and trailer checked.
-    "gzip": _stream_extractor(
-        "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), (zlib.error,)
-    ),
+    "gzip": _stream_extractor("gzip", _Zlib, (zlib.error,)),
     "bzip2": _stream_extractor("bzip2", bz2.BZ2Decompressor, (OSError, ValueError)),
     "lzma": _stream_extractor(
         "lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE), (lzma.LZMAError,)
@@ -687,3 +769,13 @@ _EXTRACTORS: dict[str, _Extractor] = {
     "lz4": _tool_extractor("lz4", "lz4", "lz4"),
     "zstd": _tool_extractor("zstd", "zstd", "zstd"),
 }
+
+
+def decompress_file(src: Path, compression: str, out: BinaryIO, limit: int) -> int:
+    """A whole compressed file (e.g. a kernel module .ko.xz) into out, at most limit bytes;
+    KernelImageError when it is corrupt or would be larger."""
+    extractor = _EXTRACTORS.get(compression)
+    if extractor is None:
+        raise KernelImageError(src, f"unsupported compression {compression!r}")
+    with _open(src) as f:
+        return extractor(src, f, 0, _file_size(f), out, limit, 0)

@@ -12,7 +12,7 @@ from kmatrix.config.specs import KernelSpec
 from kmatrix.config.yamlnode import NodeReader
 from kmatrix.host.cache import cache_root, ensure_dir, stamped_digest
 from kmatrix.host.debian import fetch_deb, run_apt_tool
-from kmatrix.kernels.base import DEB_NAME_RE, KernelFiles, one
+from kmatrix.kernels.base import DEB_NAME_RE, KernelFiles, check_members, one
 
 
 def unpack_deb(deb: Path, origin: str) -> Path:
@@ -20,6 +20,7 @@ def unpack_deb(deb: Path, origin: str) -> Path:
 
     def build(tmp: Path) -> None:
         run_apt_tool(["dpkg-deb", "-x", str(deb), str(tmp)], tmp, f"{origin}: unpacking {deb.name}")
+        check_members(tmp, f"{origin}: package {deb.name}")
         # Debian packages leave modules.dep to depmod at install time; make it here.
         for mdir in sorted((tmp / "lib" / "modules").glob("*")):
             run_apt_tool(
@@ -53,4 +54,10 @@ class DebKind:
             configs = sorted((root / "boot").glob("config-*"))
             config_path = configs[0] if configs else None
         modules_root = spec.modules if spec.modules is not None else root / "lib" / "modules"
-        return KernelFiles(image=image, config_path=config_path, modules_root=modules_root)
+        return KernelFiles(
+            image=image,
+            config_path=config_path,
+            modules_root=modules_root,
+            root=root,
+            root_name=f"package {deb.name}",
+        )

@@ -24,7 +24,7 @@ from kmatrix.config.yamlnode import NodeReader
 from kmatrix.errors import ArtifactError
 from kmatrix.host.cache import cache_root, ensure_dir, stamped_digest
 from kmatrix.host.tools import run_tool
-from kmatrix.kernels.base import KernelFiles, one
+from kmatrix.kernels.base import KernelFiles, check_members, one
 
 # pacman's package formats: zstd since 2020, xz before; plain tar and gzip are allowed too.
 SUFFIXES = (".pkg.tar.zst", ".pkg.tar.xz", ".pkg.tar.gz", ".pkg.tar")
@@ -81,6 +81,8 @@ def unpack_pkg(pkg: Path, origin: str) -> Path:
 
     def build(tmp: Path) -> None:
         _extract(pkg, tmp, origin)
+        # Judged again by where each link really leads, not by its text.
+        check_members(tmp, f"{origin}: package {pkg.name}")
         # depmod -b BASE looks in BASE/lib/modules: BASE is the package's usr/.
         for mdir in sorted((tmp / MODULES).glob("*/vmlinuz")):
             release = mdir.parent.name
@@ -116,4 +118,10 @@ class PkgKind:
             )
             config_path = next((c for c in candidates if c.is_file()), None)
         modules = spec.modules if spec.modules is not None else release_dir
-        return KernelFiles(image=image, config_path=config_path, modules_root=modules)
+        return KernelFiles(
+            image=image,
+            config_path=config_path,
+            modules_root=modules,
+            root=root,
+            root_name=f"package {Path(spec.location).name}",
+        )

@@ -53,7 +53,10 @@ class SourceBuildKind:
     def locate(self, spec: KernelSpec, origin: str) -> KernelFiles:
         assert spec.build is not None
         built = build_kernel(spec.build, origin)
-        return KernelFiles(built.image, built.config_path, built.modules_root, built)
+        return KernelFiles(
+            built.image, built.config_path, built.modules_root, built,
+            root=built.directory, root_name="the kernel build's output",
+        )  # fmt: skip
 
 
 def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:

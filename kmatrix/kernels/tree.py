@@ -29,4 +29,6 @@ class TreeKind:
         config_path = spec.config
         if config_path is None and (tree / ".config").is_file():
             config_path = tree / ".config"
-        return KernelFiles(tree / BZIMAGE, config_path, spec.modules)
+        return KernelFiles(
+            tree / BZIMAGE, config_path, spec.modules, root=tree, root_name=f"build tree {tree}"
+        )

@@ -25,6 +25,7 @@ import pytest
 from kmatrix import __version__
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import InputError
+from kmatrix.pytest.crashguard import guarded
 from kmatrix.pytest.plan import RunPlan
 from kmatrix.results import attribution
 from kmatrix.results.runs import Run, summarize_failure, write_run
@@ -188,6 +189,7 @@ class ResultsCollector:
         self.interrupted = True
 
     @pytest.hookimpl(trylast=True)
+    @guarded(lambda self: self.reports)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.exitstatus = int(exitstatus)
         if exitstatus == pytest.ExitCode.INTERRUPTED:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from kmatrix.config.hostaccess import ALLOW_OPTION
+from kmatrix.errors import InputError
 from kmatrix.pytest import logguard, progress, suites
+from kmatrix.results import shard
+from kmatrix.results.known_issues import load_known_issues
+from kmatrix.results.runs import expand_run_paths
 
 SUITE_MARKERS = {
     "boot": "boot smoke tests: userspace, release, CPUs, CPU flags, clean kernel log, poweroff",
@@ -41,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption(
         "--kmatrix-retries",
-        type=int,
+        type=_count,
         default=1,
         metavar="N",
         help="retry a boot that failed for host or QEMU reasons N times (kernel failures never)",
@@ -93,8 +99,56 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="URL",
         help="where the reports directory is published (log URLs in the KCIDB export)",
     )
+    g.addoption(
+        ALLOW_OPTION,
+        action="store_true",
+        help="let the matrix's host_access: grants take effect (host files, host PCI devices, "
+        "host network services); only for matrices you trust (docs/security.md)",
+    )
+    g.addoption(
+        "--kmatrix-require-sandbox",
+        action="store_true",
+        help="make it an error when QEMU cannot run under its seccomp sandbox (-sandbox), "
+        "instead of a warning",
+    )
     parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
     suites.add_option(parser, g)
+
+
+def _count(text: str) -> int:
+    """A non-negative integer option value (argparse reports the ValueError's message)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; give 0 or more")
+    return n
+
+
+def check_options(config: pytest.Config) -> None:
+    """The options whose values need more than their type: each a UsageError naming it,
+    before any matrix is loaded or QEMU asked anything."""
+    spec = config.getoption("kmatrix_shard")
+    try:
+        if spec is not None:
+            shard.parse_spec(spec)
+        durations = config.getoption("kmatrix_durations")
+        if durations is not None:
+            shard.durations_from(Path(durations))
+        known = config.getoption("kmatrix_known_issues")
+        if known is not None:
+            load_known_issues(Path(known))
+        for base in config.getoption("kmatrix_baseline") or ():
+            if not expand_run_paths(Path(base))[0].is_file():
+                raise InputError(f"--kmatrix-baseline {base}: no results.json there")
+    except InputError as e:
+        raise pytest.UsageError(f"kmatrix: {e}") from None
+    reports = Path(config.getoption("kmatrix_reports"))
+    if reports.exists() and not reports.is_dir():
+        raise pytest.UsageError(
+            f"kmatrix: --kmatrix-reports {reports}: exists and is not a directory"
+        )
 
 
 def _matrix_path(config: pytest.Config) -> Path | None:

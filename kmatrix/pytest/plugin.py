@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kmatrix import __version__
+from kmatrix.config.hostaccess import check_run_allows
 from kmatrix.errors import (
     InfraError,
     InputError,
@@ -34,8 +35,14 @@ from kmatrix.pytest.collection import (  # noqa: F401
     pytest_itemcollected,
 )
 from kmatrix.pytest.collector import ResultsCollector
+from kmatrix.pytest.crashguard import InternalErrors, exit_internal
 from kmatrix.pytest.fixtures import booted, guest, kernel, kmatrix_run_info, qmp  # noqa: F401
-from kmatrix.pytest.options import SUITE_MARKERS, _matrix_path, pytest_addoption  # noqa: F401
+from kmatrix.pytest.options import (  # noqa: F401
+    SUITE_MARKERS,
+    _matrix_path,
+    check_options,
+    pytest_addoption,
+)
 from kmatrix.pytest.outcomes import (  # noqa: F401
     _EXPECT_RAISES,
     BuildFailed,
@@ -47,8 +54,9 @@ from kmatrix.pytest.outcomes import (  # noqa: F401
 from kmatrix.pytest.plan import RunPlan
 from kmatrix.pytest.scheduler import pytest_xdist_make_scheduler  # noqa: F401
 from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY, SHARD_EMPTY_KEY, cell_of, guest_of, pool_of
+from kmatrix.results.known_issues import default_known_issues, load_known_issues
 from kmatrix.vm.accel import qemu_version
-from kmatrix.vm.machine import kill_all
+from kmatrix.vm.machine import SANDBOX_ON, kill_all, sandbox_state
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -65,7 +73,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "else a reboot)",
     )
     logguard.register(config)
+    reports = Path(config.getoption("kmatrix_reports"))
+    if not reports.is_absolute():
+        reports = Path(config.invocation_params.dir) / reports
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(InternalErrors(reports), "kmatrix-internal-errors")
+    check_options(config)
     path = _matrix_path(config)
+    allow_host = bool(config.getoption("kmatrix_allow_host_access"))
     try:
         matrix = load_matrix(path) if path is not None else None
         for spec in config.getoption("kmatrix_series_upto") or []:
@@ -75,22 +90,29 @@ def pytest_configure(config: pytest.Config) -> None:
             if not sep or not kernel or not upto:
                 raise InputError(f"--kmatrix-series-upto {spec!r}: expected KERNEL=PATCH")
             matrix = with_series_upto(matrix, kernel, upto)
+        if matrix is not None:
+            check_run_allows(matrix, allow_host)
+            beside = default_known_issues(matrix.path)
+            if beside is not None and not config.getoption("kmatrix_known_issues"):
+                load_known_issues(beside)  # a broken one fails the run now, not silently later
     except InputError as e:
         raise pytest.UsageError(f"kmatrix: {e}") from None
     config.stash[MATRIX_KEY] = matrix
     if matrix is not None:
         suites.add_builtin_suites(config)
+    require_sandbox = bool(config.getoption("kmatrix_require_sandbox"))
+    if matrix is not None and not hasattr(config, "workerinput"):
+        _check_sandbox(config, require_sandbox)
     # kselftest and KUnit items (its own hooks, among them a setup wrapper of its own).
     if not config.pluginmanager.has_plugin("kmatrix-kerneltests"):
         config.pluginmanager.register(kerneltests, "kmatrix-kerneltests")
-    reports = Path(config.getoption("kmatrix_reports"))
-    if not reports.is_absolute():
-        reports = Path(config.invocation_params.dir) / reports
     config.stash[POOL_KEY] = CellPool(
         reports,
         accel=config.getoption("kmatrix_accel"),
         direct_boot=not config.getoption("kmatrix_no_direct_boot"),
         retries=config.getoption("kmatrix_retries"),
+        allow_host_access=allow_host,
+        require_sandbox=require_sandbox,
     )
     # A cell's tests share one VM, so xdist must hand out whole cells (see the scheduler below).
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "") in (
@@ -109,6 +131,27 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(plan, "kmatrix-plan")
             collector.plan = plan
             progress.register(config, plan)
+
+
+def _check_sandbox(config: pytest.Config, required: bool) -> None:
+    """QEMU's seccomp sandbox: a UsageError when it is required and missing, else a warning
+    (each cell's boot.json and JUnit properties also say whether it ran sandboxed)."""
+    state = sandbox_state()
+    if state == SANDBOX_ON:
+        return
+    why = state.removeprefix("off: ")
+    if required:
+        raise pytest.UsageError(
+            f"kmatrix: QEMU cannot run under its seccomp sandbox ({why}) and "
+            "--kmatrix-require-sandbox was given"
+        )
+    config.issue_config_time_warning(
+        pytest.PytestWarning(
+            f"kmatrix: QEMU runs WITHOUT its seccomp sandbox ({why}); "
+            "--kmatrix-require-sandbox makes this an error"
+        ),
+        stacklevel=2,
+    )
 
 
 def _install_signal_handlers() -> None:
@@ -146,6 +189,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         ("kmatrix.accelerator", g.record.accel),
         ("kmatrix.accel_reason", g.record.accel_reason),
         ("kmatrix.boot_seconds", f"{g.record.boot_seconds:.3f}" if g.record.boot_seconds else ""),
+        ("kmatrix.sandbox", g.record.sandbox),
     ]
     if cell.baseline_of or cell.baseline_cell:
         item.user_properties.append(
@@ -194,6 +238,15 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        _sessionfinish(session, exitstatus)
+    except (pytest.exit.Exception, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        exit_internal(e, session.config.stash[POOL_KEY].reports)
+
+
+def _sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if (
         session.config.stash.get(SHARD_EMPTY_KEY, None)
         and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED

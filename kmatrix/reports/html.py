@@ -30,6 +30,7 @@ from kmatrix.results.runs import (
     metric_values,
     read_artifact,
     result_name,
+    sandbox_summary,
 )
 from kmatrix.results.schema import CellResult, CellStatus, Outcome
 
@@ -416,6 +417,7 @@ def render(
         ("kmatrix", meta.kmatrix),
         ("QEMU", meta.qemu),
         ("accelerator", ", ".join(meta.accelerators) or None),
+        ("QEMU sandbox", sandbox_summary(run) or None),
         ("host", meta.host),
     ]
     meta_html = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in facts if v)

@@ -79,6 +79,7 @@ def cell_properties(cell: CellResult, run: Run) -> dict[str, str]:
         "kmatrix.accelerator_reason": boot.accel_reason,
         "kmatrix.boot_seconds": f"{seconds:.3f}" if seconds is not None else None,
         "kmatrix.poweroff_clean": boot.poweroff_clean,
+        "kmatrix.sandbox": boot.sandbox or None,
         "kmatrix.findings": len(cell.findings),
         "kmatrix.qemu_version": run.meta.qemu,
         "kmatrix.version": run.meta.kmatrix,

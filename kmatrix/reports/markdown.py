@@ -13,7 +13,7 @@ from kmatrix.reports.html import display_status
 from kmatrix.results.charges import charge_note
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
-from kmatrix.results.runs import Run, failure_message, layout, result_name
+from kmatrix.results.runs import Run, failure_message, layout, result_name, sandbox_summary
 from kmatrix.results.schema import CellResult
 
 FILENAME = "summary.md"
@@ -149,6 +149,8 @@ def render(run: Run, known: KnownIssues | None = None, comparison: Comparison | 
         f"QEMU {meta.qemu or '?'}",
         "accel " + (", ".join(meta.accelerators) or "?"),
     ]
+    if sandbox := sandbox_summary(run):
+        facts.append(f"QEMU sandbox {sandbox}")
     lines = [title, "", " · ".join(facts), ""]
     if meta.interrupted:
         lines += ["> **This run was interrupted**: cells not listed did not run.", ""]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kmatrix import crash
 from kmatrix.errors import KmatrixError
 from kmatrix.reports import html as report_html
 from kmatrix.reports import junit as junit_cells
@@ -21,7 +21,7 @@ from kmatrix.reports import kcidb, reproduce
 from kmatrix.reports import markdown as report_md
 from kmatrix.results.compare import Comparison, compare_runs
 from kmatrix.results.known_issues import KnownIssues, default_known_issues, load_known_issues
-from kmatrix.results.runs import Run, load_run, load_runs, write_json_atomic
+from kmatrix.results.runs import Run, check_artifacts, load_run, load_runs, write_json_atomic
 
 COMPARE_FILENAME = "compare.json"
 
@@ -74,6 +74,9 @@ def write_reports(
     error is recorded in the result (and printed unless quiet)."""
     options = options or ReportOptions()
     run = reports if isinstance(reports, Run) else load_run(Path(reports))
+    # Before anything is written: an artefact path that leaves the run directory would
+    # have a report embed or link a file from elsewhere on the host.
+    check_artifacts(run)
     out = run.dir
     result = ReportResult()
 
@@ -81,7 +84,12 @@ def write_reports(
         try:
             return fn()
         except Exception as e:  # one broken writer must not lose the others
-            detail = str(e) if isinstance(e, KmatrixError) else traceback.format_exc(limit=4)
+            # A bug (or input no check caught) is one line too; the traceback goes to a file.
+            detail = (
+                str(e)
+                if isinstance(e, KmatrixError)
+                else crash.describe(e, crash.write_details(e, out if out.is_dir() else None))
+            )
             result.errors[name] = f"{type(e).__name__}: {e}"
             if not quiet:
                 print(f"kmatrix: {name} failed: {detail.strip()}", file=sys.stderr)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import shutil
+import stat
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kmatrix.errors import InputError
+from kmatrix.host.paths import file_kind
 from kmatrix.results import attribution
-from kmatrix.results.runs import Run, load_runs, write_run
+from kmatrix.results.runs import CELL_ID_RE, Run, check_artifacts, load_runs, write_run
 from kmatrix.results.schema import (
     CellResult,
     MergeInfo,
@@ -174,6 +176,8 @@ def merge_runs(out: Path, inputs: Sequence[Path]) -> MergeResult:
             raise InputError(f"merge: {f} is given twice")
         if f.parent == out.resolve():
             raise InputError(f"merge: the output directory {out} is one of the inputs")
+    for r in runs:
+        check_artifacts(r)  # nothing written yet: a link out of a shard is refused first
     notes: list[str] = []
     _check_same_matrix(runs, notes)
     missing_shards = _check_shards(runs)
@@ -257,16 +261,40 @@ def merge_runs(out: Path, inputs: Sequence[Path]) -> MergeResult:
         notes=notes,
     )
 
+    copies = [(src, slug) for r in runs for src, slug in _cell_dirs(r)]
     out.mkdir(parents=True, exist_ok=True)
-    for r in runs:
-        for c in r.cells:
-            slug = c.id.replace("/", "__")
-            src = r.dir / "cells" / slug
-            if src.is_dir():
-                shutil.copytree(src, out / "cells" / slug, dirs_exist_ok=True)
+    for src, slug in copies:
+        shutil.copytree(src, out / "cells" / slug, dirs_exist_ok=True)
     write_run(out / "results.json", res.doc)
     _merge_pytest_junit(runs, out)
     return res
+
+
+def _cell_dirs(run: Run) -> list[tuple[Path, str]]:
+    """The shard's cell directories to copy, each checked first: a cell id must be a cell id
+    (KERNEL/CPU/DEVICE, so its directory name stays one path component: not `..`), and a
+    directory may hold only plain files and directories - a link could copy a host file
+    into the merged run, and from there into a published CI artefact."""
+    out = []
+    for i, c in enumerate(run.cells):
+        if not CELL_ID_RE.fullmatch(c.id):
+            raise InputError(
+                f"{run.path}: cells[{i}].id: {c.id!r} is not a cell id (KERNEL/CPU/DEVICE)"
+            )
+        slug = c.id.replace("/", "__")
+        src = run.dir / "cells" / slug
+        if src.is_symlink() or not src.is_dir():
+            if src.is_symlink() or src.exists():
+                raise InputError(f"{run.path}: cells/{slug}: not a plain directory; refused")
+            continue
+        for member in [src, *src.rglob("*")]:
+            st = member.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                rel = member.relative_to(run.dir)
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else file_kind(st.st_mode)
+                raise InputError(f"{run.path}: {rel} is {kind}; only plain files are merged")
+        out.append((src, slug))
+    return out
 
 
 def _merge_pytest_junit(runs: Sequence[Run], out: Path) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kmatrix.errors import InputError
+from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_text
 from kmatrix.results.schema import (
     CellResult,
     Outcome,
@@ -92,15 +94,22 @@ def results_path(path: Path) -> Path:
     return path / "results.json" if path.is_dir() else path
 
 
+MAX_RESULTS_BYTES = 256 << 20  # ~40,000 tests with long failure reports is ~60 MiB
+# KERNEL/CPU/DEVICE, each a matrix name: a cell's directory name (slashes as __) is then one
+# plain path component.
+CELL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*(?:/[A-Za-z0-9][A-Za-z0-9._+-]*){2}")
+
+
 def load_run(path: Path) -> Run:
     """A run from a reports directory or a results.json file; one clear error otherwise."""
     file = results_path(Path(path))
+    if not file.exists() and not file.is_symlink():
+        raise InputError(f"{file}: no such results file (run kmatrix first)")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{file}: no such results file (run kmatrix first)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{file}: cannot read: {e}") from None
+        # Never blocks on a FIFO or reads a device forever (kmatrix.host.paths).
+        data = json.loads(read_text(file, MAX_RESULTS_BYTES))
+    except FileRefused as e:
+        raise InputError(str(e)) from None
     except ValueError as e:
         raise InputError(f"{file}: not valid JSON: {e}") from None
     except RecursionError:
@@ -175,6 +184,17 @@ def metric_values(run: Run) -> dict[MetricKey, float]:
     return out
 
 
+def sandbox_summary(run: Run) -> str:
+    """Whether the run's QEMUs ran under their seccomp sandbox: "on", "OFF in N of M cells
+    (why)", or "" when the run did not record it."""
+    states = [c.boot.sandbox for c in run.cells]
+    off = [s for s in states if s.startswith("off")]
+    if off:
+        why = off[0].removeprefix("off").lstrip(": ")
+        return f"OFF in {len(off)} of {len(states)} cells" + (f" ({why})" if why else "")
+    return "on" if any(states) else ""
+
+
 def metric_label(key: MetricKey) -> str:
     cell, nodeid, name = key
     if not nodeid:
@@ -215,10 +235,49 @@ def cap_text(text: str, limit: int) -> str:
     return f"{text[:head]}\n[... kmatrix: {cut} characters truncated ...]\n{text[-tail:]}"
 
 
+def _artifact_entry(run: Run, index: int, cell: CellResult, name: str, rel: str) -> Path:
+    """An artefact a cell names, resolved inside the run directory; InputError naming the
+    results file, the cell and the entry otherwise (an absolute path, `..`, a link out)."""
+    where = f"{run.path}: cells[{index}] ({cell.id:.80}).artifacts.{name}"
+    if not rel or "\x00" in rel:
+        raise InputError(f"{where}: expected a path relative to the run directory, got {rel!r}")
+    if Path(rel).is_absolute():
+        raise InputError(f"{where}: {rel!r} is absolute; artefacts must be inside {run.dir}")
+    try:
+        return confine(run.dir, rel, where)
+    except PathEscape as e:
+        raise InputError(f"{where}: {rel!r} leads to {e.target}, outside {e.root}") from None
+
+
+MAX_ARTIFACT_READ = 64 << 20  # larger logs are read as a head and a tail only
+
+
+def check_artifacts(run: Run) -> None:
+    """Every artefact path of every cell, before any report embeds or links one."""
+    for i, cell in enumerate(run.cells):
+        for name, rel in cell.artifacts.items():
+            _artifact_entry(run, i, cell, name, rel)
+
+
 def read_artifact(run: Run, cell: CellResult, name: str, limit: int) -> str | None:
+    """A cell's artefact as text, at most about limit characters (head and tail); None when
+    it is absent or unreadable. Confined to the run directory (InputError otherwise)."""
     rel = cell.artifacts.get(name)
     if not rel:
         return None
+    index = next((i for i, c in enumerate(run.cells) if c is cell), -1)
+    path = _artifact_entry(run, index, cell, name, rel)
+    try:
+        size = check_regular(path).st_size
+        with path.open("rb") as f:
+            if size <= max(2 * limit, MAX_ARTIFACT_READ):
+                return cap_text(f.read(size).decode(errors="replace"), limit)
+            head = f.read(limit // 4).decode(errors="replace")
+            f.seek(size - (limit - limit // 4))
+            tail = f.read().decode(errors="replace")
+    except (OSError, FileRefused):
+        return None
+    return f"{head}\n[... kmatrix: {size - limit} bytes truncated ...]\n{tail}"
     try:
         return cap_text((run.dir / rel).read_text(errors="replace"), limit)
     except OSError:

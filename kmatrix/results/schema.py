@@ -410,6 +410,7 @@ class BootRecord(Record):
     restores: int = 0  # times the VM was replaced by one started from the snapshot
     restore_seconds: list[float] = field(default_factory=list)  # old VM out -> new one answers
     restore_reasons: list[str] = field(default_factory=list)
+    sandbox: str = ""  # "on", or "off: why" (QEMU then ran without its seccomp filter)
     # The kernel artefact booted (empty when the cell never got one).
     release: str = ""
     kernel_image: str = ""

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmatrix.config.specs import Cell
-from kmatrix.vm.devices import lower, memory_arg, numa_args, props, scratch_disk_args
+from kmatrix.vm.devices import lower, memory_arg, numa_args, scratch_disk_args
+from kmatrix.vm.qemuopts import cpu, escape, option
 
 AGENT_PORT_NAME = "org.kmatrix.agent"
 QEMU_BINARY = "qemu-system-x86_64"
@@ -51,6 +52,10 @@ def kernel_cmdline(cell: Cell, channel: str, shell: bool = False) -> str:
     return " ".join(args)
 
 
+def _socket(chardev_id: str, path: Path) -> str:
+    return option("socket", (("id", chardev_id), ("path", path), ("server", "on"), ("wait", "off")))
+
+
 def build_argv(
     cell: Cell,
     paths: BootPaths,
@@ -70,16 +75,16 @@ def build_argv(
     argv = [
         qemu,
         "-name",
-        f"kmatrix:{cell.id},debug-threads=on",
+        option(f"kmatrix:{cell.id}", (("debug-threads", "on"),)),
         "-machine",
-        dev.machine + props(layout.machine_props),
+        option(dev.machine, layout.machine_props),
         "-accel",
         # One host thread for all vCPUs under TCG: multi-threaded TCG lets vCPUs see
         # half-patched kernel text (int3 oopses in static-key patching during boot were
         # seen here), and it was also faster on these loaded 2-core hosts.
         "tcg,thread=single" if accel == "tcg" else accel,
         "-cpu",
-        cell.cpu.model,
+        cpu(cell.cpu.model),
         "-smp",
         str(cell.smp),
         "-m",
@@ -110,22 +115,25 @@ def build_argv(
         # The developer's terminal is the console; QEMU still logs every byte to the file.
         argv += [
             "-chardev",
-            f"stdio,id=con,mux=on,signal=off,logfile={paths.console_log}",
+            option(
+                "stdio",
+                (("id", "con"), ("mux", "on"), ("signal", "off"), ("logfile", paths.console_log)),
+            ),
         ]
     elif paths.console_socket is not None:
         # The harness drains the console through this socket into a size-capped log.
-        argv += ["-chardev", f"socket,id=con,path={paths.console_socket},server=on,wait=off"]
+        argv += ["-chardev", _socket("con", paths.console_socket)]
     else:
-        argv += ["-chardev", f"file,id=con,path={paths.console_log}"]
+        argv += ["-chardev", option("file", (("id", "con"), ("path", paths.console_log)))]
     argv += [
         "-serial",
         "chardev:con",
         "-chardev",
-        f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
+        _socket("qmp", paths.qmp_socket),
         "-mon",
         "chardev=qmp,mode=control",
         "-chardev",
-        f"socket,id=agent,path={paths.agent_socket},server=on,wait=off",
+        _socket("agent", paths.agent_socket),
     ]
     if channel == "virtio":
         argv += [
@@ -137,12 +145,13 @@ def build_argv(
     else:
         argv += ["-serial", "chardev:agent"]  # ttyS1, never the printk console
     for g in layout.globals:
+        # DRIVER.PROP=VALUE: QEMU takes everything after the first '=' as the value, so
+        # it is not escaped; the loader checked driver and property names.
         argv += ["-global", g]
     for o in layout.objects:
-        argv += ["-object", f"{o.qom_type},id={o.id}{props(o.props)}"]
+        argv += ["-object", option(o.qom_type, (("id", o.id), *o.props))]
     for d in layout.devices:
-        ident = f",id={d.id}" if d.id else ""
-        argv += ["-device", f"{d.driver}{ident}{props(d.props)}"]
+        argv += ["-device", option(d.driver, ((("id", d.id),) if d.id else ()) + d.props)]
     disk = dev.scratch_disk
     if disk is not None:
         if paths.scratch_disk is None:
@@ -150,12 +159,11 @@ def build_argv(
         argv += scratch_disk_args(disk, paths.scratch_disk)
     for i, (serial, image) in enumerate(paths.extra_disks):
         node = f"kmx-ro{i}"
-        escaped = str(image).replace(",", ",,")
         argv += [
             "-blockdev",
             f"node-name={node},driver=raw,read-only=on,file.driver=file,"
-            f"file.filename={escaped},file.read-only=on",
+            f"file.filename={escape(image)},file.read-only=on",
             "-device",
-            f"virtio-blk-pci,drive={node},serial={serial}",
+            f"virtio-blk-pci,drive={node},serial={escape(serial)}",
         ]
     return argv

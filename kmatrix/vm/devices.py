@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmatrix.config.specs import Cell, DeviceProfile, QemuDevice, QemuObject, ScratchDisk
+from kmatrix.vm.qemuopts import escape, option
 
 # Modules a guest needs to bind passed-through or stub devices to vfio-pci.
 VFIO_MODULES = ("vfio_pci", "vfio_iommu_type1")
@@ -126,7 +127,8 @@ def numa_args(cell: Cell) -> list[str]:
     share = cell.memory // nodes
     for k in range(nodes):
         mib = share + (cell.memory - share * nodes if k == 0 else 0)
-        argv += ["-object", f"memory-backend-ram,id=kmx-numa{k},size={mib}M"]
+        backend = option("memory-backend-ram", (("id", f"kmx-numa{k}"), ("size", f"{mib}M")))
+        argv += ["-object", backend]
         # Ceiling division: with fewer vCPUs than nodes the low nodes get them.
         first, last = -(-k * cell.smp // nodes), -(-(k + 1) * cell.smp // nodes) - 1
         cpus = (
@@ -136,17 +138,14 @@ def numa_args(cell: Cell) -> list[str]:
     return argv
 
 
-def props(pairs: tuple[tuple[str, str], ...]) -> str:
-    # QEMU escapes a comma inside an option value by doubling it.
-    return "".join(f",{k}={v.replace(',', ',,')}" for k, v in pairs)
-
-
 def scratch_disk_args(disk: ScratchDisk, path: Path) -> list[str]:
     """A raw blockdev over the host file, and the device the guest finds by its serial."""
     node = f"{disk.id}-blk"
-    escaped = str(path).replace(",", ",,")
-    argv = ["-blockdev", f"node-name={node},driver=raw,file.driver=file,file.filename={escaped}"]
+    blockdev = (("node-name", node), ("driver", "raw"), ("file.driver", "file"),
+                ("file.filename", str(path)))  # fmt: skip
     pairs = disk.props
     if not any(k == "serial" for k, _ in pairs):
         pairs += (("serial", f"kmx-{disk.id}"),)  # how the guest finds the disk
-    return [*argv, "-device", f"{disk.driver},id={disk.id},drive={node}{props(pairs)}"]
+    device = option(disk.driver, (("id", disk.id), ("drive", node), *pairs))
+    # -blockdev keys are dotted paths (file.filename), outside the property-name grammar.
+    return ["-blockdev", ",".join(f"{k}={escape(v)}" for k, v in blockdev), "-device", device]

@@ -26,6 +26,7 @@ from typing import Any
 
 from kmatrix.errors import GuestTimeout, VMError
 from kmatrix.host.cache import host_boot_id, remembered
+from kmatrix.vm.qemuopts import unescape
 from kmatrix.vm.qmp import QMP
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
@@ -86,13 +87,17 @@ def private_rundir(prefix: str = "kmx-") -> Path:
 _TCG_MISSING = re.compile(r"TCG doesn't support requested feature: CPUID\.\w+:\w+\.([\w-]+)")
 
 
+SANDBOX_ON = "on"
+
+
 @lru_cache(maxsize=4)
-def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
-    """Whether this QEMU was built with seccomp (-sandbox) and the host allows it; asked once
-    per binary and host boot (the probe QEMU cost ~30 ms on every run's first boot)."""
+def sandbox_state(qemu: str = "qemu-system-x86_64") -> str:
+    """ "on" when this QEMU was built with seccomp (-sandbox) and the host allows it, else
+    "off: why". Asked once per binary and host boot (the probe QEMU cost ~30 ms on every
+    run's first boot)."""
     path = shutil.which(qemu)
     if path is None:
-        return False
+        return f"off: {qemu} is not installed"
 
     def ask() -> str:
         p = subprocess.run(
@@ -101,12 +106,21 @@ def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
             input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
-        return "yes" if p.returncode == 0 else "no"
+        if p.returncode == 0:
+            return SANDBOX_ON
+        said = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()]
+        return f"off: the -sandbox probe exited with {p.returncode}" + (
+            f" ({said[-1][:200]})" if said else ""
+        )
 
     try:
-        return remembered("qemu-sandbox", Path(path), ask, extra=host_boot_id()) == "yes"
-    except (OSError, subprocess.TimeoutExpired):
-        return False  # not remembered: a loaded host may answer next time
+        return remembered("qemu-sandbox-state", Path(path), ask, extra=host_boot_id())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"off: the -sandbox probe failed ({e})"  # not remembered: may work next time
+
+
+def sandbox_supported(qemu: str = "qemu-system-x86_64") -> bool:
+    return sandbox_state(qemu) == SANDBOX_ON
 
 
 class Machine:
@@ -144,6 +158,7 @@ class Machine:
                     preexec_fn=_die_with_parent,
                 )
             except OSError as e:
+                self._close()
                 raise VMError(f"{self.name}: cannot start {argv[0]}: {e}", argv) from None
         _live.add(self)
         qmp_path = self._qmp_socket()
@@ -172,16 +187,16 @@ class Machine:
 
     def _qmp_socket(self) -> Path:
         for a in self.argv:
-            m = re.match(r"socket,id=qmp,path=([^,]+)", a)
+            m = re.match(r"socket,id=qmp,path=((?:[^,]|,,)+)", a)
             if m:
-                return Path(m.group(1))
+                return Path(unescape(m.group(1)))
         raise VMError(f"{self.name}: argv has no QMP socket", self.argv)
 
     def _raise_exited(self, what: str) -> None:
         assert self.proc is not None
         code = self.proc.wait()
         self.exitcode = code
-        _live.discard(self)
+        self._close()  # its private run directory goes with it
         raise VMError(f"{self.name}: {what}", self.argv, code, self.output())
 
     # --- state ------------------------------------------------------------------------------
@@ -216,6 +231,7 @@ class Machine:
     def shutdown(self, timeout: float = 5.0) -> int | None:
         """QMP quit, then SIGTERM, then SIGKILL; records which step ended it."""
         if self.proc is None:
+            self._close()  # never launched: still remove its run directory
             return None
         if self.proc.poll() is None and self.qmp is not None:
             with contextlib.suppress(Exception):

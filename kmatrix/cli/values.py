@@ -1,0 +1,61 @@
+"""Command-line values checked as argparse parses them, so a bad one is a usage error
+(exit 2) naming the option, before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (--repeat)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
+    return n
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (--min-change)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number, 0 or more")
+    return x
+
+
+def probability(text: str) -> float:
+    """A number strictly between 0 and 1 (--alpha)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1")
+    return x
+
+
+def output_file(text: str) -> Path:
+    """A file to write (--json): not a directory or a special file, in a directory that
+    exists; an existing regular file is replaced."""
+    p = Path(text)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory; give a file name")
+    if p.exists() and not p.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is not a regular file")
+    if not p.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: its directory does not exist")
+    return p
+
+
+def directory(text: str) -> str:
+    """A directory to write into (--reports): made if missing, refused if it is a file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is not a directory")
+    return text
