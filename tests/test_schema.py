@@ -198,8 +198,8 @@ BAD: list[tuple[str, Edit, str]] = [
      "'kmatrix-results/1'), got the number 2"),
     ("missing section", _del("cells"), "missing key 'cells'"),
     ("missing required key", _del("results", 0, "nodeid"), "results[0]: missing key 'nodeid'"),
-    ("unknown key", _set("cells", 0, "boot", "sandbox", to="off"),
-     "cells[0].boot: unknown key 'sandbox'"),
+    ("unknown key", _set("cells", 0, "boot", "sandboxes", to="off"),
+     "cells[0].boot: unknown key 'sandboxes'"),
     ("section of the wrong type", _set("results", to={}),
      "results: expected a list, got an object"),
     ("entry of the wrong type", _set("cells", 0, to="x"), 'cells[0]: expected an object, got a '
@@ -304,7 +304,7 @@ def test_non_finite_numbers_are_refused_wherever_they_are(
         ("[1, 2]", "expected an object, got a list"),
         ('"kmatrix-results/2"', "expected an object, got a string"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-        (b"\xff\xfe{}", "cannot read"),
+        (b"\xff\xfe{}", "is not UTF-8 text"),
     ],
 )
 def test_not_a_document(tmp_path: Path, content: str | bytes, message: str) -> None:

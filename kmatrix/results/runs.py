@@ -278,7 +278,3 @@ def read_artifact(run: Run, cell: CellResult, name: str, limit: int) -> str | No
     except (OSError, FileRefused):
         return None
     return f"{head}\n[... kmatrix: {size - limit} bytes truncated ...]\n{tail}"
-    try:
-        return cap_text((run.dir / rel).read_text(errors="replace"), limit)
-    except OSError:
-        return None
