@@ -205,7 +205,11 @@ class CellPool:
         for name in sorted(logs, key=lambda n: (n != "dmesg.log", n)):
             path = g.outdir / name
             if path.is_file():
-                for f in parse_kernel_log(path.read_text(errors="replace")):
+                # dmesg holds kernel records only: its lines need no timestamp to count
+                # (printk.time=0); the console mixes in userspace output, so they do there.
+                text = path.read_text(errors="replace")
+                dmesg = name.startswith("dmesg")
+                for f in parse_kernel_log(text, require_timestamp=not dmesg):
                     findings.append(FindingRecord(**asdict(f), source=name))
         findings = attribute(findings, self.charges.pop(g.cell.id, []))
         with contextlib.suppress(OSError):
