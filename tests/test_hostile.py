@@ -1540,6 +1540,19 @@ def test_decompress_file_is_capped(tmp_path: Path, compression: str) -> None:
         assert decompress_file(packed, compression, f, 8 << 20) == 4 << 20
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["net/../../../../etc", "..", "net/.", "net/.hidden", "/etc", "net//x", "a b"],
+)
+def test_kselftest_target_that_leaves_the_selftests_tree(env: Env, target: str) -> None:
+    """A target names a directory under the selftests tree and the install: no way out."""
+    fake_kernel(env)
+    m = env.write(
+        "m.yaml", MATRIX + f"suites: {{kselftest: {{targets: [{json.dumps(target)}]}}}}\n"
+    )
+    check(env, shell(env, m), 2, f"{m}:9: suites.kselftest.targets[0]")
+
+
 def test_matrix_that_would_expand_into_millions_of_cells(env: Env) -> None:
     """300 short entries (under 2,000 YAML nodes) would be 2.7 million cells."""
     fake_kernel(env)

@@ -33,7 +33,9 @@ import yaml
 from kmatrix.config.specs import KselftestSpec, KselftestTarget, KunitSpec, SuiteRule, Suites
 from kmatrix.config.yamlnode import NodeReader
 
-TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9_.+-]+)*$")
+# Each component starts with a letter or digit: a target is a directory under the selftests
+# tree and under the install, so `.` and `..` components would lead outside them.
+TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9][A-Za-z0-9_.+-]*)*$")
 # The keys each mapping accepts, and those it requires (docs/matrix.md documents exactly
 # these; tests/test_docs.py checks it).
 SUITE_KEYS = ("kselftest", "kunit")
