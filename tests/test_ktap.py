@@ -96,6 +96,30 @@ def test_kunit_indentation_params_and_printk_prefixes() -> None:
     assert param is not None and param.reason == "unsupported param value 3"
 
 
+def test_kunit_from_a_real_boot_console() -> None:
+    """A source-built 6.12 kernel's boot console (matrix/kselftest.yaml, loglevel=7): two
+    suites among the other boot messages, suite attributes and case diagnostics as `#`
+    lines, skips with reasons, a parameterised case whose parameters are nested."""
+    tree = ktap.kernel_log_ktap((DATA / "kunit-example-kmx-6.12.console.log").read_text())
+    assert tree.plan == 2 and [t.name for t in tree.subtests] == ["example_init", "example"]
+    example = tree.find(["example"])
+    assert example is not None and example.plan == 9 and example.missing == 0
+    got = statuses(tree)
+    assert got[("example_init", "example_init_test")] == ktap.PASS
+    assert got[("example", "example_skip_test")] == ktap.SKIP
+    skip = tree.find(["example", "example_skip_test"])
+    assert skip is not None and skip.reason == "this test should be skipped"
+    params = tree.find(["example", "example_params_test"])
+    assert params is not None and params.status == ktap.PASS
+    assert [(t.name, t.status) for t in params.subtests] == [
+        ("example value 3", ktap.SKIP), ("example value 2", ktap.PASS),
+        ("example value 1", ktap.PASS), ("example value 0", ktap.SKIP),
+    ]  # fmt: skip
+    # 2 suites, 8 cases, 2 parameters (KUnit's own totals: pass:8 skip:4, of cases and params)
+    assert sum(1 for _, t in tree.walk() if t.status == ktap.PASS) == 12
+    assert all(t.status in (ktap.PASS, ktap.SKIP) for _, t in tree.walk())
+
+
 @pytest.mark.parametrize(
     ("line", "status", "reason"),
     [
