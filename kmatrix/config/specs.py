@@ -6,6 +6,7 @@ Plain data with no behaviour beyond naming and matching, so every stage can hold
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,8 +285,8 @@ class Cell:
     expect: tuple[Expectation, ...] = ()  # the matrix's expect rules that match this cell
     suites: Suites = Suites()  # the kernel's own tests this cell runs (kselftest, KUnit)
 
-    @property
-    def id(self) -> str:
+    @functools.cached_property
+    def id(self) -> str:  # cached: every collected test asks for it, often more than once
         return f"{self.kernel.name}/{self.cpu.name}/{self.device.name}"
 
     def expected(self, test: str) -> Expectation | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kmatrix.build.builder import BuiltKernel
 from kmatrix.config.specs import KernelSpec
 from kmatrix.errors import ArtifactError
 from kmatrix.host.cache import cache_root, ensure_file, stamped_digest
@@ -20,6 +20,9 @@ from kmatrix.kernels import bzimage
 from kmatrix.kernels.base import KernelFiles
 from kmatrix.kernels.kconfig import parse_config
 from kmatrix.kernels.registry import KINDS
+
+if TYPE_CHECKING:
+    from kmatrix.build.builder import BuiltKernel
 
 
 @dataclass(frozen=True)

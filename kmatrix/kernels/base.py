@@ -14,13 +14,15 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from kmatrix.build.builder import BuiltKernel
 from kmatrix.config.kinds import KindParser
 from kmatrix.config.specs import KernelSpec
 from kmatrix.errors import ArtifactError
 from kmatrix.host.paths import PathEscape, confine, file_kind
+
+if TYPE_CHECKING:
+    from kmatrix.build.builder import BuiltKernel
 
 DEB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 

@@ -1,7 +1,11 @@
 """`build:` kernels: built from source with a patch series, a base config, fragments and make
 variables (kmatrix.build), cached by all of those inputs. A kernel with a series may declare a
 `baseline:` (`vanilla`, or a patch of the series): the same build without the series (or
-with the series through that patch), which the matrix runs beside it (see KernelSpec)."""
+with the series through that patch), which the matrix runs beside it (see KernelSpec).
+
+The builder, the patch reader (with the mail parser) and the prefix code load only when a
+matrix has a `build:` kernel: every other run would pay for them before its first boot.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from kmatrix.build.builder import build_kernel
-from kmatrix.build.patches import SeriesError, load_series
-from kmatrix.build.prefixes import PrefixError, baseline_spec, prefix_spec, upto_length
 from kmatrix.config.kinds import ParsedSource
 from kmatrix.config.specs import BuildSpec, KernelSpec, Matrix
 from kmatrix.config.yamlnode import NodeReader
@@ -41,6 +42,8 @@ class SourceBuildKind:
         ident = spec.source if DEB_NAME_RE.match(spec.source) else ""
         if spec.baseline is None:
             return ParsedSource(location=spec.source, identity=ident, build=spec)
+        from kmatrix.build.prefixes import PrefixError, baseline_spec
+
         try:
             base, label = baseline_spec(spec)
         except PrefixError as e:
@@ -51,6 +54,8 @@ class SourceBuildKind:
         )
 
     def locate(self, spec: KernelSpec, origin: str) -> KernelFiles:
+        from kmatrix.build.builder import build_kernel
+
         assert spec.build is not None
         built = build_kernel(spec.build, origin)
         return KernelFiles(
@@ -85,6 +90,8 @@ def parse_build(r: NodeReader, node: yaml.Node, key: str) -> BuildSpec:
     if "patches" in m:
         pnode = m["patches"][1]
         patches = r.file(pnode, f"{key}.patches")
+        from kmatrix.build.patches import SeriesError, load_series
+
         try:
             series = load_series(patches)
         except SeriesError as e:
@@ -177,6 +184,9 @@ def with_series_upto(matrix: Matrix, kernel: str, upto: str) -> Matrix:
         raise InputError(f"{matrix.path}: {kernel!r} is the baseline of {spec.baseline_of!r}")
     if spec.build is None or spec.build.patches is None:
         raise InputError(f"{matrix.path}: kernel {kernel!r} is not built with a patch series")
+    from kmatrix.build.patches import load_series
+    from kmatrix.build.prefixes import prefix_spec, upto_length
+
     series = load_series(spec.build.patches)
     k = upto_length(spec.build, series, upto)
     new = dataclasses.replace(

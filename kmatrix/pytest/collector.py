@@ -191,6 +191,8 @@ class ResultsCollector:
     @pytest.hookimpl(trylast=True)
     @guarded(lambda self: self.reports)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if session.config.option.collectonly:
+            return  # nothing ran: the last run's results and reports stay as they were
         self.exitstatus = int(exitstatus)
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
@@ -224,6 +226,7 @@ class ResultsCollector:
                     known_issues=Path(known) if known else None,
                     kcidb_origin=opt("kmatrix_kcidb_origin") or "kmatrix",
                     artifacts_url=opt("kmatrix_artifacts_url"),
+                    validate_kcidb=False,
                 ),
             )
         except Exception as e:

@@ -17,7 +17,6 @@ from kmatrix.errors import (
 )
 from kmatrix.guest.guest import console_tail
 from kmatrix.pytest.stash import cell_of, pool_of
-from kmatrix.results.logparse import findings_summary, parse_kernel_log
 
 
 class NoBootFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
@@ -92,6 +91,8 @@ def _classify(
     elif why:
         note = f"kmatrix diagnosis: {why}"
         if g is not None and g.console_log.is_file():
+            from kmatrix.results.logparse import findings_summary, parse_kernel_log
+
             found = parse_kernel_log(g.console_log.read_text(errors="replace"))
             if found:
                 note += "\nkernel log:\n" + findings_summary(found)

@@ -24,10 +24,15 @@ class CellIds:
 
     def __init__(self, cells: Iterable[Cell]) -> None:
         self.ids = sorted((c.id for c in cells), key=len, reverse=True)
+        # params -> cell id: a cell's tests share their params, and the scan is over every
+        # cell (a 1,000-cell matrix has 42,000 node ids).
+        self._memo: dict[str, str | None] = {f"[{cid}]": cid for cid in self.ids}
 
     def of(self, nodeid: str) -> str | None:
         params = nodeid[nodeid.find("[") :] if "[" in nodeid else ""
-        return next((cid for cid in self.ids if cid in params), None)
+        if params not in self._memo:
+            self._memo[params] = next((cid for cid in self.ids if cid in params), None)
+        return self._memo[params]
 
 
 class RunPlan:

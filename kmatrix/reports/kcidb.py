@@ -222,9 +222,11 @@ def write(
     origin: str = "kmatrix",
     known: KnownIssues | None = None,
     artifacts_url: str | None = None,
+    validate_schema: bool = True,
 ) -> Path:
     doc = export(run, origin, known, artifacts_url)
-    validate(doc)
+    if validate_schema:
+        validate(doc)
     path = out / FILENAME
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

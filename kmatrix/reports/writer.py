@@ -32,6 +32,10 @@ class ReportOptions:
     known_issues: Path | None = None  # None: known-issues.yaml beside the matrix, if any
     kcidb_origin: str = "kmatrix"
     artifacts_url: str | None = None  # where the reports directory will be published
+    # Check kcidb.json against kcidb-io's schema when kcidb-io is installed. `kmatrix report`
+    # does; a pytest run does not (importing the schema validator costs ~0.1 s at the end of
+    # every run, and the exporter's output is checked by kmatrix's own tests).
+    validate_kcidb: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ReportOptions:
@@ -116,7 +120,14 @@ def write_reports(
         ("markdown", lambda: report_md.write(run, out, known, comparison)),
         (
             "kcidb",
-            lambda: kcidb.write(run, out, options.kcidb_origin, known, options.artifacts_url),
+            lambda: kcidb.write(
+                run,
+                out,
+                options.kcidb_origin,
+                known,
+                options.artifacts_url,
+                validate_schema=options.validate_kcidb,
+            ),
         ),
     ]
     if comparison is not None:
