@@ -34,6 +34,7 @@ _EXPORTS = {
     "CommandFailed": "kmatrix.guest.session",
     "require_config": "kmatrix.pytest.helpers",
     "KernelTests": "kmatrix.pytest.kerneltests",
+    "needs_tools": "kmatrix.pytest.helpers",
     "LogMark": "kmatrix.guest.logmark",
     "log_mark": "kmatrix.guest.logmark",
     "new_log": "kmatrix.guest.logmark",
@@ -70,6 +71,7 @@ __all__ = [
     "fmt_size",
     "load_matrix",
     "log_mark",
+    "needs_tools",
     "new_log",
     "parse_kernel_log",
     "qemu_layout",
@@ -105,7 +107,7 @@ if TYPE_CHECKING:
     from kmatrix.kernels.artifact import KernelArtifact
     from kmatrix.kernels.extmod import build_module, crash_module
     from kmatrix.kernels.registry import load_matrix
-    from kmatrix.pytest.helpers import require_config
+    from kmatrix.pytest.helpers import needs_tools, require_config
     from kmatrix.pytest.kerneltests import KernelTests
     from kmatrix.results.logparse import Finding, findings_summary, parse_kernel_log
     from kmatrix.vm.devices import qemu_layout

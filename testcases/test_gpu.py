@@ -35,6 +35,7 @@ from kmatrix import (
     GuestSession,
     KernelArtifact,
     fmt_size,
+    needs_tools,
     qemu_layout,
     require_config,
 )
@@ -205,6 +206,7 @@ def _vfio_probe(guest: GuestSession, addr: str, stub: GpuStub) -> None:
         assert kv.get(step) == "ok", f"VFIO {step} on {stub.id} at {addr}: {res.stdout}"
 
 
+@needs_tools
 def test_gpu_stub_vfio_bind_open_rebind(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
@@ -235,6 +237,7 @@ def test_gpu_stub_vfio_bind_open_rebind(
     assert not findings, "the kernel logged during VFIO use:\n" + describe_findings(findings)
 
 
+@needs_tools
 def test_gpu_stub_hot_unplug_replug(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:

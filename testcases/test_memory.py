@@ -23,7 +23,15 @@ from guestlib import (
     sysfs_choice,
 )
 
-from kmatrix import Cell, Guest, GuestSession, KernelArtifact, KmatrixError, require_config
+from kmatrix import (
+    Cell,
+    Guest,
+    GuestSession,
+    KernelArtifact,
+    KmatrixError,
+    needs_tools,
+    require_config,
+)
 
 pytestmark = pytest.mark.memory
 
@@ -65,6 +73,7 @@ def test_memtotal_matches_vm(guest: GuestSession, cell: Cell, record_property: A
     )
 
 
+@needs_tools
 def test_vm_stress_clean_log(guest: GuestSession) -> None:
     """stress-ng --vm maps and populates 80% of available memory and verifies a zero/one
     pattern in it; no worker dies and the kernel logs no new error."""
@@ -126,6 +135,7 @@ def test_thp_modes(guest: GuestSession, kernel: KernelArtifact, record_property:
     assert not wrong, f"modes that did not stick (asked -> read back): {wrong}"
 
 
+@needs_tools
 def test_thp_madvise_region_gets_huge_pages(guest: GuestSession, kernel: KernelArtifact) -> None:
     """With THP in madvise mode, a 32 MiB region stress-ng madvises MADV_HUGEPAGE ends up
     backed by huge pages (AnonHugePages)."""
@@ -176,6 +186,7 @@ HUGE_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB"
 HUGE_PAGES = 8
 
 
+@needs_tools
 def test_hugetlb_reserve_map_release(guest: GuestSession, kernel: KernelArtifact) -> None:
     """Reserve 8 x 2 MiB hugetlb pages, allocate and map them (hugetlbfs, stress-ng
     --mmaphuge), give them back."""
@@ -266,6 +277,7 @@ def test_zswap_state_and_toggle(
     assert got == {"Y": "Y", "N": "N"}, f"zswap enabled after writing Y, N: {got}"
 
 
+@needs_tools
 @pytest.mark.kmatrix_allow("oom", reason="the OOM killer's report is what this test provokes")
 def test_oom_killer_keeps_guest_alive(guest: GuestSession) -> None:
     """A stress-ng hog mapping all of MemTotal is killed by the OOM killer; the guest keeps

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from guestlib import SH_CHILDREN, TASKSET, online_cpus, parse_stat, stat_field
 
-from kmatrix import Cell, GuestSession, KernelArtifact, require_config
+from kmatrix import Cell, GuestSession, KernelArtifact, needs_tools, require_config
 
 pytestmark = pytest.mark.sched
 
@@ -72,6 +72,7 @@ def _cpu_times(text: str) -> dict[int, tuple[int, int]]:
     return out
 
 
+@needs_tools
 def test_every_vcpu_runs_a_task(guest: GuestSession, cell: Cell) -> None:
     """N CPU-bound stress-ng workers on N vCPUs end up on N distinct CPUs, each CPU busy."""
     n = cell.smp
@@ -108,6 +109,7 @@ kill $sp; wait
     assert len(online) == n, f"online CPUs {online}, the cell has {n} vCPUs"
 
 
+@needs_tools
 def test_nice_weights(guest: GuestSession, cell: Cell, record_property: Any) -> None:
     """Two hogs pinned to CPU 0 at nice 0 and nice 5 share it in the ratio 1024:335."""
     # The observer stays off CPU 0 when it can; autogroup is off for the window because it
@@ -159,6 +161,7 @@ POLICIES = {
 }
 
 
+@needs_tools
 def test_policies_settable(guest: GuestSession) -> None:
     """chrt starts a task under each policy and the kernel reports that policy back."""
     # FIFO, RR, BATCH, IDLE and DEADLINE are core scheduler classes (no config option);
@@ -177,6 +180,7 @@ def test_policies_settable(guest: GuestSession) -> None:
     assert not wrong, f"policies not set as asked (expected policy -> chrt said): {wrong}"
 
 
+@needs_tools
 def test_fifo_preempts_normal(guest: GuestSession, cell: Cell) -> None:
     """A SCHED_FIFO hog on CPU 0 takes it from a SCHED_OTHER hog already running there."""
     if cell.smp < 2:
@@ -294,6 +298,7 @@ echo "== tunables"; ls /proc/sys/kernel/ | grep '^sched' | tr '\\n' ' '
     assert not problems, "; ".join(problems)
 
 
+@needs_tools
 def test_cpu_hotplug(guest: GuestSession, cell: Cell, kernel: KernelArtifact) -> None:
     """Offline the last vCPU while a hog pinned to it runs: the hog is moved off and keeps
     running; the vCPU comes back online and takes a pinned task again."""
@@ -349,6 +354,7 @@ def _cpu_stat(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (ln.split() for ln in text.splitlines() if len(ln.split()) == 2)}
 
 
+@needs_tools
 def test_cgroup_cpu_max(guest: GuestSession, kernel: KernelArtifact) -> None:
     """A CPU hog in a cgroup with cpu.max '20000 100000' gets 20% ± 5% of a CPU."""
     require_config(kernel, "CGROUP_SCHED", "FAIR_GROUP_SCHED", "CFS_BANDWIDTH")
@@ -390,6 +396,7 @@ kill $s; wait
 # fail on a thread per vCPU, hackbench would time one CPU fewer), and their numbers feed
 # `kmatrix compare`, so they must not depend on which tests ran before them in the cell.
 @pytest.mark.kmatrix_clean
+@needs_tools
 def test_hackbench(guest: GuestSession, record_property: Any) -> None:
     """hackbench (2 groups x 10 fd pairs, 50 loops) completes; its time is a metric."""
     res = guest.run("hackbench -g 2 -f 10 -l 50", timeout=60)
@@ -414,6 +421,7 @@ def _percentile(hist: dict[str, int], q: float) -> int:
 
 
 @pytest.mark.kmatrix_clean
+@needs_tools
 def test_cyclictest_latency(guest: GuestSession, cell: Cell, record_property: Any) -> None:
     """cyclictest (SCHED_FIFO 90, one thread per vCPU, 1 ms interval) wakes up on time often
     enough to count; max and p99 wake-up latency are metrics."""

@@ -12,7 +12,15 @@ from types import SimpleNamespace
 import pytest
 
 from kmatrix.errors import ArtifactError, MatrixError
-from kmatrix.guest.image import ModuleIndex, Recipe, _stage, compile_program, load_recipe
+from kmatrix.guest.datadisk import DiskPlan, stage_links, staged_tree
+from kmatrix.guest.image import (
+    ModuleIndex,
+    Recipe,
+    _stage,
+    compile_program,
+    load_recipe,
+    tools_content,
+)
 from kmatrix.resources import data_dir
 
 IMAGES_DIR = data_dir("images")
@@ -143,6 +151,8 @@ def test_program_replaces_an_applet_in_the_image(tmp_path: Path, cache: Path) ->
     )
     kernel = SimpleNamespace(modules_dir=None, release="0.0-test")
     _stage(tmp_path, recipe, kernel, ModuleIndex({}, {}, frozenset()), [])  # type: ignore[arg-type]
+    # A kernel that cannot mount the tools disk gets its tree in the initramfs.
+    stage_links(tmp_path, DiskPlan("tools", staged_tree(tools_content(recipe)), True))
     target = tmp_path / "bin/ls"
     assert not target.is_symlink() and target.stat().st_mode & 0o111
     assert target.read_bytes() == compile_program(VFIO_SRC).read_bytes()

@@ -24,6 +24,7 @@ from kmatrix.results.schema import (
     CellAttribution,
     CellResult,
     CellStatus,
+    DiskRecord,
     FindingRecord,
     MergeInfo,
     Outcome,
@@ -435,8 +436,8 @@ def _table_after(marker: str) -> list[list[str]]:
 @pytest.mark.parametrize(
     "record",
     [
-        RunInfo, ShardInfo, MergeInfo, CellResult, BootRecord, FindingRecord, TestResult,
-        TestAttribution, CellAttribution,
+        RunInfo, ShardInfo, MergeInfo, CellResult, BootRecord, DiskRecord, FindingRecord,
+        TestResult, TestAttribution, CellAttribution,
     ],
 )  # fmt: skip
 def test_reference_page_lists_every_field_in_order(record: type) -> None:

@@ -157,15 +157,18 @@ def _call_forwarding_signals(argv: list[str]) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from kmatrix.guest.datadisk import registered
     from kmatrix.guest.guest import Guest
     from kmatrix.vm.machine import SANDBOX_ON
 
     m = load_matrix(args.matrix)
     cell = m.cell(args.cell)
     check_run_allows(m, args.allow_host_access, [cell])
+    # Every data disk (the suite tools): the guest's init mounts them before the shell.
     g = Guest(
         cell, Path(args.reports) / "shell" / cell.slug, accel=args.accel,
         allow_host_access=args.allow_host_access, require_sandbox=args.require_sandbox,
+        disks=sorted(registered()),
     )  # fmt: skip
     g.prepare()
     if g.record.sandbox != SANDBOX_ON:

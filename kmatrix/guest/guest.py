@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,12 +30,23 @@ from kmatrix.errors import (
     KmatrixError,
     VMError,
 )
+from kmatrix.guest.datadisk import (
+    DiskPlan,
+    DiskProvider,
+    kernel_support,
+    mount_command,
+    plan_disk,
+    registered,
+)
 from kmatrix.guest.disks import ExtraDisk, attachable, layered_initrd
-from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for
+from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for, module_name
 from kmatrix.guest.session import CommandResult, GuestSession
 from kmatrix.host.cache import stamped_digest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
-from kmatrix.results.schema import BootRecord  # boot.json, typed where results.json reads it
+from kmatrix.results.schema import (  # boot.json, typed where results.json reads it
+    BootRecord,
+    DiskRecord,
+)
 from kmatrix.vm import accel as accel_mod
 from kmatrix.vm import snapshot as snap
 from kmatrix.vm.argv import BootPaths, build_argv
@@ -87,6 +98,8 @@ class Guest:
         direct_boot: bool = True,
         allow_host_access: bool = False,
         require_sandbox: bool = False,
+        disks: Sequence[str] = (),
+        data_disk_providers: Mapping[str, DiskProvider] | None = None,
     ) -> None:
         self.cell = cell
         self.allow_host_access = allow_host_access
@@ -111,6 +124,17 @@ class Guest:
         # pool sets before prepare(); those the kernel cannot read go into the initramfs.
         self.disk_providers: list[Callable[[Guest], ExtraDisk | None]] = []
         self.disks: list[ExtraDisk] = []
+        # Read-only data disks (kmatrix.guest.datadisk) this cell's tests need, by name;
+        # providers default to the registered ones (the tools disk).
+        self.disk_names = tuple(dict.fromkeys(disks))
+        self.data_disk_providers = (
+            dict(data_disk_providers) if data_disk_providers is not None else None
+        )
+        self.disk_plans: dict[str, DiskPlan] = {}
+        self.mounted: set[str] = set()  # data disks mounted in the running guest
+        # Called once, while the first boot runs (QEMU started, the agent's hello not yet
+        # there): host work the run needs later costs nothing then (see CellPool.warmup).
+        self.while_booting: Callable[[], None] | None = None
 
     # --- preparing ----------------------------------------------------------------------------
 
@@ -134,7 +158,8 @@ class Guest:
         self.modules = ModuleIndex.load(self.kernel.modules_dir)
         self.record.channel = channel_for(self.kernel, self.modules)
         wanted = base_modules(self.record.channel) + lower(self.cell.device).modules
-        self.initrd = build_image(self.kernel, wanted)
+        self.disk_plans = self._plan_disks()
+        self.initrd = build_image(self.kernel, wanted, disks=list(self.disk_plans.values()))
         disks = [d for p in self.disk_providers if (d := p(self)) is not None]
         self.disks = [d for d in disks if attachable(self.kernel)]
         self.initrd = layered_initrd(self.initrd, [d for d in disks if d not in self.disks])
@@ -151,6 +176,33 @@ class Guest:
                 f"({self.record.sandbox.removeprefix('off: ')}) and the run requires it"
             )
 
+    def _plan_disks(self) -> dict[str, DiskPlan]:
+        """Each wanted data disk as an attached image, or in the initramfs (reason kept)."""
+        if not self.disk_names:
+            return {}
+        assert self.kernel is not None and self.modules is not None
+        providers = self.data_disk_providers
+        if providers is None:
+            providers = registered()
+        index = self.modules
+        support = kernel_support(self.kernel, lambda m: index.state(m) == "module")
+        plans = {}
+        for name in self.disk_names:
+            provider = providers.get(name)
+            if provider is None:
+                known = ", ".join(sorted(providers)) or "none"
+                raise InputError(f"{self.cell.id}: no data disk named {name!r} (known: {known})")
+            plan = plan_disk(
+                provider(self.kernel, self.cell),
+                support,
+                lambda names: [module_name(p) for p in index.closure(names)],
+            )
+            plans[name] = plan
+            self.record.disks[name] = DiskRecord(
+                how=plan.summary(), image=str(plan.image or plan.tree)
+            )
+        return plans
+
     def _argv(self, accel: str, rundir: Path, console: Path, shell: bool = False) -> list[str]:
         assert self.kernel is not None and self.initrd is not None
         paths = BootPaths(
@@ -161,7 +213,10 @@ class Guest:
             agent_socket=rundir / "agent.sock",
             console_socket=None if shell else rundir / "console.sock",
             scratch_disk=self._scratch_disk(rundir),
-            extra_disks=tuple((d.serial, d.image) for d in self.disks),
+            extra_disks=(
+                *((p.serial, p.image) for p in self.disk_plans.values() if p.image is not None),
+                *((d.serial, d.image) for d in self.disks),
+            ),
         )
         return build_argv(
             self.cell,
@@ -222,6 +277,7 @@ class Guest:
 
     def _boot(self, accel: str, timeout: float) -> None:
         self.outdir.mkdir(parents=True, exist_ok=True)
+        self.mounted.clear()
         self.record.launches += 1
         if self.record.launches > 1:  # a later boot of the cell must not truncate the first's log
             self.console_log = self.outdir / f"console-{self.record.launches}.log"
@@ -244,6 +300,9 @@ class Guest:
                 rundir / "agent.sock", 10.0, machine.is_running, self.cell.id, self._transcript
             )
             self.session.on_command = self._journal
+            hook, self.while_booting = self.while_booting, None
+            if hook is not None:
+                hook()
             self.record.userspace_uptime = self.session.wait_ready(timeout)
         except GuestDied as e:
             code = machine.wait_exit(5.0)
@@ -309,6 +368,38 @@ class Guest:
         if self.machine is None or self.machine.qmp is None:
             raise VMError(f"{self.cell.id}: the VM is not running")
         return self.machine.qmp.cmd(command, timeout=timeout, **args)
+
+    def mount_disk(self, name: str, timeout: float = 60.0) -> float:
+        """Makes the data disk's files present in the running guest (the agent mounts it,
+        once per boot); returns the seconds it took (0 when it was already there).
+        InputError for a disk this cell was not prepared with, InfraError if it fails."""
+        plan = self.disk_plans.get(name)
+        if plan is None:
+            raise InputError(
+                f"{self.cell.id}: the data disk {name!r} was not attached to this cell "
+                f"(attached: {', '.join(self.disk_plans) or 'none'})"
+            )
+        if name in self.mounted:
+            return 0.0
+        if self.session is None or not self.alive:
+            raise VMError(f"{self.cell.id}: the VM is not running")
+        t0 = time.monotonic()
+        res = self.session.run(mount_command(name), timeout=timeout)
+        took = time.monotonic() - t0
+        if res.exit_status != 0:
+            raise InfraError(
+                f"{self.cell.id}: mounting the {name} data disk ({plan.summary()}) failed: "
+                + (res.stderr or res.stdout).strip()
+            )
+        self.mounted.add(name)
+        entry = self.record.disks.setdefault(name, DiskRecord(how=plan.summary()))
+        if entry.mount_seconds is None:  # the first mount of the cell: what it costs
+            entry.mount_seconds = round(took, 3)
+        return took
+
+    def held_modules(self) -> set[str]:
+        """Modules the mounted data disks hold (they cannot be unloaded while mounted)."""
+        return {m for n in self.mounted if n in self.disk_plans for m in self.disk_plans[n].modules}
 
     def poweroff(self, timeout: float = 30.0) -> bool:
         """Asks the guest to power off and waits for QEMU to exit by itself."""
@@ -434,6 +525,7 @@ class Guest:
         n = self.record.restores + 1
         self._keep_dmesg_since_boot(f"dmesg-before-restore-{n}.log")
         self._end_vm()
+        self.mounted.clear()  # the snapshot was taken before any data disk was mounted
         # The restored kernel's timestamps go back to the snapshot's: say so in the log.
         with contextlib.suppress(OSError), self.console_log.open("a") as f:
             f.write(

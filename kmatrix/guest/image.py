@@ -1,11 +1,15 @@
 """Guest image: the initramfs each cell boots, built from images/ and cached by content hash.
 
-Contents: busybox-static with its applet links, the init and agent from images/, host tools
-named by the recipe (copied with the shared libraries they need), small C programs from
-images/programs/ compiled static on the host (cached by source and compiler), and the kernel
-modules the cell needs with their dependencies, decompressed on the host so busybox modprobe
-can load them.
-An uncompressed cpio: under TCG, decompressing an initramfs costs more than reading it.
+Contents: busybox-static with its applet links, the init, agent and mount-disk scripts from
+images/, and the kernel modules the cell needs with their dependencies, decompressed on the
+host so busybox modprobe can load them. An uncompressed cpio: under TCG, decompressing an
+initramfs costs more than reading it.
+
+The suite tools are not in it: the host tools the recipe names (copied with the shared
+libraries they need), its small C programs (compiled static on the host, cached by source
+and compiler) and its data files make the `tools` data disk (kmatrix.guest.datadisk),
+attached only to cells whose selected tests need it and mounted by the agent on first use;
+the image then holds symlinks to them at their usual paths.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from kmatrix.config.specs import Cell
 from kmatrix.config.yamlnode import NodeReader, compose_file
 from kmatrix.errors import ArtifactError, InfraError
+from kmatrix.guest.datadisk import DataContent, DiskPlan, register_disk, stage_links
 from kmatrix.host.cache import cache_root, digest_bytes, ensure_file, file_stamp, stamped_digest
 from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_regular
 from kmatrix.host.tools import run_tool
@@ -32,7 +38,8 @@ from kmatrix.kernels.artifact import KernelArtifact
 from kmatrix.kernels.bzimage import KernelImageError, decompress_file
 from kmatrix.resources import data_dir
 
-RECIPE_VERSION = "1"  # bump when the layout code below changes
+RECIPE_VERSION = "2"  # bump when the layout code below changes
+TOOLS_DISK = "tools"  # the data disk with the recipe's tools, programs and data
 
 
 @dataclass(frozen=True)
@@ -42,19 +49,32 @@ class Recipe:
     tools: tuple[Path, ...]  # host binaries copied with their libraries
     data: tuple[Path, ...] = ()  # host data files the tools read, copied to the same path
     programs: tuple[tuple[Path, str], ...] = ()  # (C source in images/, guest path)
+    # Programs the agent itself runs on every cell (e.g. kmx-kmsg): in the initramfs.
+    base_programs: tuple[tuple[Path, str], ...] = ()
 
-    def digest(self) -> str:
+    def base_digest(self) -> str:
+        """What the initramfs takes from the recipe: busybox, the files, the base programs."""
         parts: list[bytes | str] = [RECIPE_VERSION, stamped_digest(self.busybox)]
         for src, dst in self.files:
             parts += [dst, src.read_bytes()]
+        for src, dst in self.base_programs:
+            parts += [dst, program_key(src)]
+        return digest_bytes(*parts)
+
+    def tools_digest(self) -> str:
+        """What the tools disk takes from it: tools, programs, data."""
+        parts: list[bytes | str] = [RECIPE_VERSION]
         for src, dst in self.programs:
             parts += [dst, program_key(src)]
         for t in (*self.tools, *self.data):
             parts += [str(t), stamped_digest(t)]
         return digest_bytes(*parts)
 
+    def digest(self) -> str:
+        return digest_bytes(self.base_digest(), self.tools_digest())
 
-_RECIPE_KEYS = ("busybox", "files", "tools", "data", "programs")
+
+_RECIPE_KEYS = ("busybox", "files", "base_programs", "tools", "data", "programs")
 
 
 def load_recipe(images_dir: Path | None = None) -> Recipe:
@@ -78,21 +98,33 @@ def load_recipe(images_dir: Path | None = None) -> Recipe:
     for d in extra:
         if not d.is_absolute() or not d.is_file():
             raise InfraError(f"{path}: guest data file {d} is not an absolute path to a host file")
-    programs = _programs(ctx, images_dir, top["programs"][1]) if "programs" in top else ()
-    return Recipe(busybox=busybox, files=files, tools=tuple(tools), data=extra, programs=programs)
+    programs = {
+        k: _programs(ctx, images_dir, top[k][1], k) if k in top else ()
+        for k in ("programs", "base_programs")
+    }
+    return Recipe(
+        busybox=busybox,
+        files=files,
+        tools=tuple(tools),
+        data=extra,
+        programs=programs["programs"],
+        base_programs=programs["base_programs"],
+    )
 
 
-def _programs(ctx: NodeReader, images_dir: Path, node: yaml.Node) -> tuple[tuple[Path, str], ...]:
-    """programs: {guest path: C source relative to images/}."""
+def _programs(
+    ctx: NodeReader, images_dir: Path, node: yaml.Node, section: str = "programs"
+) -> tuple[tuple[Path, str], ...]:
+    """programs (or base_programs): {guest path: C source relative to images/}."""
     if isinstance(node, yaml.ScalarNode) and ctx.value(node) is None:
         return ()  # an empty section
     if not isinstance(node, yaml.MappingNode):
-        raise ctx.err(node, "programs", "expected a mapping {guest path: C source}")
+        raise ctx.err(node, section, "expected a mapping {guest path: C source}")
     out: list[tuple[Path, str]] = []
     seen: set[str] = set()
     for knode, vnode in node.value:
         dst = ctx.value(knode) if isinstance(knode, yaml.ScalarNode) else None
-        key = f"programs.{dst}"
+        key = f"{section}.{dst}"
         if not isinstance(dst, str) or not dst.startswith("/") or dst.endswith("/"):
             raise ctx.err(knode, key, "the guest path must be absolute, e.g. /usr/bin/kmx-vfio")
         if ".." in dst.split("/") or os.path.normpath(dst) != dst:
@@ -309,7 +341,10 @@ def _stage(
     kernel: KernelArtifact,
     index: ModuleIndex,
     modules: Sequence[str],
+    extra_modules: Sequence[str] = (),
 ) -> None:
+    """The base image: busybox, the recipe's files, the modules loaded at boot (modules) and
+    those only shipped for later (extra_modules, e.g. what a data disk's mount loads)."""
     for d in (
         "bin",
         "sbin",
@@ -343,34 +378,20 @@ def _stage(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         target.chmod(0o755)
-    for src, dst in recipe.programs:
+    for src, dst in recipe.base_programs:
         target = root / dst.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():  # a busybox applet: copying would overwrite busybox itself
-            target.unlink()
         shutil.copyfile(compile_program(src), target)
         target.chmod(0o755)
-    for tool in recipe.tools:
-        for f in [tool, *_shared_libs(tool)]:
-            target = root / str(f).lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_symlink():  # a busybox applet: the real tool replaces it
-                target.unlink()
-            if not target.exists():
-                shutil.copyfile(f.resolve(), target)
-                target.chmod(0o755)
-    for extra in recipe.data:
-        target = root / str(extra).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(extra, target)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\n")
     if kernel.modules_dir is not None:
         mdir = root / "lib/modules" / kernel.release
         mdir.mkdir(parents=True, exist_ok=True)
         load = index.closure(modules)
+        ship = list(dict.fromkeys([*load, *index.closure(extra_modules)]))
         dep_lines = []
-        for rel in load:
+        for rel in ship:
             plain = _MOD_SUFFIX.sub(".ko", rel)
             staged = confine(mdir, plain, f"module {plain} in the image")
             staged.parent.mkdir(parents=True, exist_ok=True)
@@ -384,6 +405,44 @@ def _stage(
         (root / "etc/kmatrix/modules").write_text(
             "".join(_MOD_SUFFIX.sub(".ko", rel) + "\n" for rel in load)
         )
+
+
+def stage_tools(root: Path, recipe: Recipe) -> None:
+    """The recipe's tools (with their shared libraries), programs and data, at their guest
+    paths under root: the tools data disk's tree."""
+    for src, dst in recipe.programs:
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(compile_program(src), target)
+        target.chmod(0o755)
+    for tool in recipe.tools:
+        for f in [tool, *_shared_libs(tool)]:
+            target = root / str(f).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                shutil.copyfile(f.resolve(), target)
+                target.chmod(0o755)
+    for extra in recipe.data:
+        target = root / str(extra).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(extra, target)
+
+
+def tools_content(recipe: Recipe) -> DataContent:
+    """The tools data disk of a recipe."""
+    return DataContent(TOOLS_DISK, recipe.tools_digest(), lambda root: stage_tools(root, recipe))
+
+
+def tools_disk(kernel: KernelArtifact, cell: Cell) -> DataContent:
+    """The tools disk provider: the same content for every kernel and cell."""
+    return tools_content(load_recipe())
+
+
+register_disk(TOOLS_DISK, tools_disk)
+
+
+def disk_modules(plan: DiskPlan) -> tuple[str, ...]:
+    return plan.modules if plan.attached else ()
 
 
 def _pack(root: Path, dest: Path) -> None:
@@ -406,12 +465,19 @@ def _pack(root: Path, dest: Path) -> None:
 
 
 def image_key(
-    recipe: Recipe, kernel: KernelArtifact, index: ModuleIndex, wanted: Sequence[str]
+    recipe: Recipe,
+    kernel: KernelArtifact,
+    index: ModuleIndex,
+    wanted: Sequence[str],
+    extra: Sequence[str] = (),
+    disks: Sequence[DiskPlan] = (),
 ) -> str:
-    """Everything that goes into the image: the recipe, the kernel's release, each module
-    loaded (content and dependencies) and modules.builtin (the guest's modprobe reads it)."""
-    key_parts: list[bytes | str] = [recipe.digest(), kernel.release]
-    for rel in index.closure(wanted):
+    """Everything that goes into the image: the recipe's base part, the kernel's release, the
+    modules loaded at boot (wanted) and shipped for a data disk's mount (extra), each with
+    its content and dependencies, modules.builtin (the guest's modprobe reads it) and the
+    data disks' descriptions (or trees)."""
+    key_parts: list[bytes | str] = [recipe.base_digest(), kernel.release, *wanted]
+    for rel in index.closure([*wanted, *extra]):
         assert kernel.modules_dir is not None
         key_parts += [rel, stamped_digest(_module_file(kernel.modules_dir, rel)),
                       " ".join(index.deps.get(rel, ()))]  # fmt: skip
@@ -419,6 +485,7 @@ def image_key(
         builtin = _module_file(kernel.modules_dir, "modules.builtin")
         if builtin.is_file():
             key_parts += ["modules.builtin", stamped_digest(builtin)]
+    key_parts += [d.key() for d in disks]
     return digest_bytes(*key_parts)[:24]
 
 
@@ -426,12 +493,15 @@ def build_image(
     kernel: KernelArtifact,
     modules: Sequence[str],
     recipe: Recipe | None = None,
+    disks: Sequence[DiskPlan] = (),
 ) -> Path:
-    """The cell's initramfs, from the cache when its inputs are unchanged."""
+    """The cell's initramfs, from the cache when its inputs are unchanged. disks: the data
+    disks the cell gets (their links, descriptions and mount modules; or their trees)."""
     recipe = recipe or load_recipe()
     index = ModuleIndex.load(kernel.modules_dir)
     wanted = list(dict.fromkeys(modules))
-    key = image_key(recipe, kernel, index, wanted)
+    extra = [m for d in disks for m in disk_modules(d)]
+    key = image_key(recipe, kernel, index, wanted, extra, disks)
     dest = cache_root() / "images" / f"initramfs-{key}.cpio"
     dest.parent.mkdir(parents=True, exist_ok=True)
 
@@ -439,7 +509,9 @@ def build_image(
         with tempfile.TemporaryDirectory(prefix="kmx-img-", dir=dest.parent) as staging:
             root = Path(staging)
             try:
-                _stage(root, recipe, kernel, index, wanted)
+                _stage(root, recipe, kernel, index, wanted, extra)
+                for d in disks:
+                    stage_links(root, d)
             except (OSError, subprocess.SubprocessError, PathEscape) as e:
                 raise ArtifactError(f"building the guest image for {kernel.name}: {e}") from e
             _pack(root, tmp)

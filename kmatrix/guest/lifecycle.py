@@ -4,6 +4,7 @@ or rebooted for clean guests, stopped after its last test. Knows nothing of pyte
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,7 +19,6 @@ from kmatrix.errors import (
 from kmatrix.guest.disks import ExtraDisk
 from kmatrix.guest.guest import BootFailure, Guest
 from kmatrix.results.charges import attribute
-from kmatrix.results.logparse import parse_kernel_log
 from kmatrix.results.runs import write_json_atomic
 from kmatrix.results.schema import FindingRecord
 
@@ -46,7 +46,7 @@ class CellPool:
         self.errors: dict[str, KmatrixError] = {}  # cell id -> set-up error (input, infra)
         self.skips: dict[str, str] = {}  # cell id -> why its host cannot run it
         self.retries = retries
-        self.snapshot_cells: set[str] = set()  # cells saved after boot (see _plan_snapshots)
+        self.snapshot_cells: set[str] = set()  # cells saved after boot (see collection._plan_cells)
         self.dirty: set[str] = set()  # cells whose guest ran a test since its boot or restore
         self.no_restore: dict[str, str] = {}  # cell id -> why its clean guests are reboots
         self.recovered: dict[str, str] = {}  # cell id -> the VM death its guest replaced
@@ -57,6 +57,11 @@ class CellPool:
         self.before_vm_ends: list[Callable[[Guest, str], None]] = []
         # cell id -> what provides its read-only disks (kmatrix.guest.disks), set before boot
         self.disk_providers: dict[str, list[Callable[[Guest], ExtraDisk | None]]] = {}
+        # cell id -> the read-only data disks (kmatrix.guest.datadisk) its tests need
+        self.cell_disks: dict[str, set[str]] = {}
+        # Modules the run needs only after its first boot (log parser, report writers):
+        # imported while that boot runs, on the core the single-threaded guest leaves idle.
+        self.warmup: tuple[str, ...] = ()
 
     def outdir(self, cell: Cell) -> Path:
         return self.reports / "cells" / cell.slug
@@ -84,8 +89,11 @@ class CellPool:
             g = Guest(
                 cell, self.outdir(cell), accel=self.accel, direct_boot=self.direct_boot,
                 allow_host_access=self.allow_host_access, require_sandbox=self.require_sandbox,
+                disks=sorted(self.cell_disks.get(cell.id, ())),
             )  # fmt: skip
             g.disk_providers = list(self.disk_providers.get(cell.id, ()))
+            if self.warmup:
+                g.while_booting = self._warm_up
             self.guests[cell.id] = g
             try:
                 g.prepare()
@@ -104,6 +112,12 @@ class CellPool:
             g.stop(collect=False)
         self._start(cell, g)
         return g
+
+    def _warm_up(self) -> None:
+        names, self.warmup = self.warmup, ()
+        for name in names:
+            with contextlib.suppress(ImportError):  # only a speed-up
+                importlib.import_module(name)
 
     def _start(self, cell: Cell, g: Guest) -> None:
         for attempt in range(1, self.retries + 2):
@@ -189,6 +203,9 @@ class CellPool:
 
     def record(self, g: Guest) -> None:
         """Leaves the cell's boot record and kernel-log findings beside its logs."""
+        # The log parser's patterns compile on import: not before the first boot.
+        from kmatrix.results.logparse import parse_kernel_log
+
         boot = g.record
         if g.kernel is not None:
             boot = replace(

@@ -23,12 +23,14 @@ HOST_PACKAGES: dict[str, str] = {
     "lz4": "/usr/bin/lz4",
     "lzop": "/usr/bin/lzop",
     "xz-utils": "/usr/bin/xz",
-    # Guest tools copied into the image (images/recipe.yaml) for the sched/memory/driver suites.
+    # Guest tools for the tools disk (images/recipe.yaml): the sched/memory/driver suites.
     "stress-ng": "/usr/bin/stress-ng",
     "rt-tests": "/usr/bin/cyclictest",
     "util-linux": "/usr/bin/chrt",
     "coreutils": "/usr/bin/nice",
     "pciutils": "/usr/share/misc/pci.ids",
+    # The read-only filesystem of the tools data disk (kmatrix/guest/datadisk.py).
+    "erofs-utils": "/usr/bin/mkfs.erofs",
     # Static libc for the guest programs (images/programs/*.c, gcc -static).
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).

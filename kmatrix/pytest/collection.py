@@ -1,8 +1,9 @@
 """Parametrization over the matrix's cells, ordering cell by cell, declared expectations as
-strict xfail markers, shard selection and the snapshot plan."""
+strict xfail markers, shard selection, the snapshot plan and the data disks each cell gets."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from kmatrix.errors import (
     InputError,
 )
+from kmatrix.guest.datadisk import registered
 from kmatrix.pytest.outcomes import _EXPECT_RAISES
 from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY, SHARD_EMPTY_KEY, cell_of
 from kmatrix.results import shard
@@ -23,7 +25,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(
             "kmatrix: no matrix (pass --kmatrix-matrix PATH or create matrix/default.yaml)"
         )
-    metafunc.parametrize("cell", matrix.cells, ids=[c.id for c in matrix.cells])
+    ids = metafunc.config.stash.get(_CELL_IDS, None)
+    if ids is None:  # once per run, not once per test function
+        ids = metafunc.config.stash[_CELL_IDS] = [c.id for c in matrix.cells]
+    metafunc.parametrize("cell", matrix.cells, ids=ids)
+
+
+_CELL_IDS = pytest.StashKey[list[str]]()
+
+
+class _Marks:
+    """The markers on an item: its own plus its parents' (module, class). A parent's are
+    gathered once, not once per item as item.iter_markers does: a 1,000-cell matrix has
+    tens of thousands of items under a handful of modules."""
+
+    def __init__(self) -> None:
+        self._parents: dict[int, tuple[pytest.Item | pytest.Collector, list[pytest.Mark]]] = {}
+
+    def iter(self, item: pytest.Item, name: str) -> Iterator[pytest.Mark]:
+        for m in item.own_markers:
+            if m.name == name:
+                yield m
+        parent = item.parent
+        if parent is None:
+            return
+        hit = self._parents.get(id(parent))
+        if hit is None or hit[0] is not parent:
+            marks = [m for node in reversed(parent.listchain()) for m in node.own_markers]
+            hit = self._parents[id(parent)] = (parent, marks)
+        for m in hit[1]:
+            if m.name == name:
+                yield m
+
+    def has(self, item: pytest.Item, name: str) -> bool:
+        return next(self.iter(item, name), None) is not None
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -44,35 +79,68 @@ def pytest_collection_modifyitems(
     if matrix is None:
         return
     order = {c.id: i for i, c in enumerate(matrix.cells)}
-    position = {id(it): i for i, it in enumerate(items)}
-
-    def key(it: pytest.Item) -> tuple[int, int, int]:
+    marks = _Marks()
+    keys = {}
+    for i, it in enumerate(items):
         c = cell_of(it)
-        final = 1 if it.get_closest_marker("kmatrix_final") else 0
-        return (order[c.id] if c else -1, final, position[id(it)])
-
-    items.sort(key=key)
+        final = 1 if marks.has(it, "kmatrix_final") else 0
+        keys[id(it)] = (order[c.id] if c is not None else -1, final, i)
+    items.sort(key=lambda it: keys[id(it)])
     _mark_expected(items)
     spec = config.getoption("kmatrix_shard")
     if spec:
         _select_shard(config, items, spec)
-    _plan_snapshots(config, items)
+    _plan_cells(config, items, marks)
+
+
+def disks_of(item: pytest.Item, marks: _Marks | None = None) -> list[str]:
+    """The data disks a test declares with @pytest.mark.kmatrix_disk("tools", ...)."""
+    found = marks.iter(item, "kmatrix_disk") if marks else item.iter_markers("kmatrix_disk")
+    names: list[str] = []
+    for m in found:
+        names += [str(a) for a in m.args]
+    return list(dict.fromkeys(names))
 
 
 def _plan_snapshots(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Cells whose first boot is saved for restores: those with a kmatrix_clean test that is
-    not the cell's first (the first one gets the fresh boot anyway)."""
+    _plan_cells(config, items, None)
+
+
+def _plan_cells(config: pytest.Config, items: list[pytest.Item], marks: _Marks | None) -> None:
+    """What each cell's boot needs, from its selected tests (one pass over the items):
+
+    * the snapshot: cells whose first boot is saved for restores are those with a
+      kmatrix_clean test that is not the cell's first (the first one gets the fresh boot);
+    * the read-only data disks its tests declare, so tests that need none boot the small
+      image only.
+    """
     pool = config.stash.get(POOL_KEY, None)
     if pool is None:
         return
+    known = registered()
     seen: set[str] = set()
     for it in items:
         c = cell_of(it)
         if c is None:
             continue
-        if c.id in seen and it.get_closest_marker("kmatrix_clean"):
-            pool.snapshot_cells.add(c.id)
-        seen.add(c.id)
+        cid = c.id
+        if marks is None:
+            clean = it.get_closest_marker("kmatrix_clean") is not None
+            names = []
+        else:
+            clean = marks.has(it, "kmatrix_clean")
+            names = disks_of(it, marks)
+        if clean and cid in seen:
+            pool.snapshot_cells.add(cid)
+        seen.add(cid)
+        if names:
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise pytest.UsageError(
+                    f"kmatrix: {it.nodeid}: kmatrix_disk names unknown data disk(s) "
+                    f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+                )
+            pool.cell_disks.setdefault(cid, set()).update(names)
 
 
 def _mark_expected(items: list[pytest.Item]) -> None:

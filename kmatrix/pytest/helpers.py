@@ -17,3 +17,9 @@ def require_config(kernel: KernelArtifact, *options: str) -> None:
             f"{kernel.name} ({kernel.release}) lacks "
             + ", ".join(f"CONFIG_{o.removeprefix('CONFIG_')}" for o in missing)
         )
+
+
+# The suite tools (stress-ng, rt-tests, util-linux, pciutils, kmx-vfio: images/recipe.yaml)
+# live on the `tools` data disk: a test that runs them says so, and its cell gets the disk
+# attached and mounted before the test (cells whose tests need none boot without it).
+needs_tools = pytest.mark.kmatrix_disk("tools")

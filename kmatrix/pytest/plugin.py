@@ -30,6 +30,7 @@ from kmatrix.pytest import kerneltests, logguard, progress, suites
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
 # live in the modules of their concern are re-exported here.
 from kmatrix.pytest.collection import (  # noqa: F401
+    disks_of,
     pytest_collection_modifyitems,
     pytest_generate_tests,
     pytest_itemcollected,
@@ -79,6 +80,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(InternalErrors(reports), "kmatrix-internal-errors")
     check_options(config)
+    config.addinivalue_line(
+        "markers",
+        "kmatrix_disk(*names): the test needs these read-only data disks, attached to its cell "
+        "and mounted before it runs ('tools': stress-ng, rt-tests, util-linux, pciutils, "
+        "kmx-vfio)",
+    )
     path = _matrix_path(config)
     allow_host = bool(config.getoption("kmatrix_allow_host_access"))
     try:
@@ -106,13 +113,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # kselftest and KUnit items (its own hooks, among them a setup wrapper of its own).
     if not config.pluginmanager.has_plugin("kmatrix-kerneltests"):
         config.pluginmanager.register(kerneltests, "kmatrix-kerneltests")
-    config.stash[POOL_KEY] = CellPool(
+    pool = CellPool(
         reports,
         accel=config.getoption("kmatrix_accel"),
         direct_boot=not config.getoption("kmatrix_no_direct_boot"),
         retries=config.getoption("kmatrix_retries"),
         allow_host_access=allow_host,
         require_sandbox=require_sandbox,
+    )
+    config.stash[POOL_KEY] = pool
+    # Needed after the first boot (findings, then the reports where this process writes
+    # them): imported while it boots instead of before it.
+    pool.warmup = ("kmatrix.results.logparse",) + (
+        () if hasattr(config, "workerinput") else ("kmatrix.reports.writer",)
     )
     # A cell's tests share one VM, so xdist must hand out whole cells (see the scheduler below).
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "") in (
@@ -207,6 +220,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if cell.id in pool.recovered:
         # This test runs on the post-boot snapshot restored after an earlier test's VM died.
         item.user_properties.append(("kmatrix.restored_after", pool.recovered[cell.id]))
+    if cell.id not in pool.failures:
+        for name in disks_of(item):
+            g.mount_disk(name)  # once per boot; InfraError if it fails
+            item.user_properties.append((f"kmatrix.disk.{name}", g.disk_plans[name].summary()))
     pool.dirty.add(cell.id)
 
 

@@ -386,6 +386,15 @@ SHARD_CHECK = {"check": _check_shard}
 
 
 @dataclass(kw_only=True)
+class DiskRecord(Record):
+    """How a read-only data disk (kmatrix.guest.datadisk) reached the cell's guest."""
+
+    how: str = ""  # "squashfs disk" (its filesystem) or "initramfs: <why the kernel cannot>"
+    image: str = ""  # the filesystem image, or the tree copied into the initramfs
+    mount_seconds: float | None = None  # the first mount, host-side (null: never mounted)
+
+
+@dataclass(kw_only=True)
 class BootRecord(Record):
     """How a cell's VM booted and stopped (the worker writes it as boot.json; results.json
     carries it per cell). Plain, not frozen: the guest fills it in as the boot goes."""
@@ -426,6 +435,7 @@ class BootRecord(Record):
     boot_timeout: float | None = None
     scratch_disk: dict[str, int] = field(default_factory=dict)  # file name in rundir -> MiB
     digests: dict[str, str] = field(default_factory=dict)
+    disks: dict[str, DiskRecord] = field(default_factory=dict)  # by name; {} when none
 
 
 class Verdict(StrEnum):

@@ -26,7 +26,8 @@ class BootPaths:
     agent_socket: Path
     console_socket: Path | None = None  # None: QEMU writes console_log itself (shell mode)
     scratch_disk: Path | None = None  # the host file behind the profile's scratch disk
-    # Read-only disks for the cells that ask (kmatrix.guest.disks): (serial, image file).
+    # Read-only disks for the cells that need them (kmatrix.guest.datadisk, kmatrix.guest.disks):
+    # (serial, image file).
     extra_disks: tuple[tuple[str, Path], ...] = ()
 
 
