@@ -22,8 +22,6 @@ from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages
 from kmatrix.kernels import load_matrix
 from kmatrix.resources import data_dir
-from kmatrix.results.compare import render_text
-from kmatrix.vm.machine import kill_all
 
 
 def _default_matrix() -> Path:
@@ -68,6 +66,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         if any(k.baseline for k in matrix.kernels):
             # The repeats give the statistics their samples: each patched cell's metrics
             # against its baseline's, as `kmatrix compare --series REPORTS` prints them.
+            from kmatrix.results.compare import render_text
+
             with contextlib.suppress(KmatrixError):
                 c = report_cli.series_comparison([Path(args.reports)])
                 print("kmatrix run: patched cells against their baselines")
@@ -128,6 +128,9 @@ def _call_forwarding_signals(argv: list[str]) -> int:
     """Runs pytest as a child and passes SIGTERM/SIGINT on to it, so a cancelled CI job stops
     the run (and its QEMUs) instead of orphaning it."""
     child = subprocess.Popen(argv)
+
+    # QMP and asyncio come with it: only `run` needs it, and only once pytest is started.
+    from kmatrix.vm.machine import kill_all
 
     stopping = False
 

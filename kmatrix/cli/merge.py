@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from kmatrix.cli.values import directory
-from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
-from kmatrix.results.merge import merge_runs, summary
+from kmatrix.reports.options import ReportOptions, add_report_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def command(args: argparse.Namespace) -> int:
+    from kmatrix.reports.writer import write_reports
+    from kmatrix.results.merge import merge_runs, summary
+
     res = merge_runs(Path(args.out), args.shards)
     written = write_reports(args.out, ReportOptions.from_args(args))
     res.report_errors = dict(written.errors)

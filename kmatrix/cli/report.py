@@ -1,4 +1,5 @@
-"""The `kmatrix report` and `kmatrix compare` subcommands."""
+"""The `kmatrix report` and `kmatrix compare` subcommands. Their parsers import no writer
+and no statistics: every `kmatrix` command (`list`, `run`) builds them."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kmatrix.cli.values import non_negative, output_file, probability
 from kmatrix.errors import InputError
-from kmatrix.reports.writer import ReportOptions, add_report_arguments, write_reports
-from kmatrix.results.attribution import series_view
-from kmatrix.results.compare import ALPHA, MIN_CHANGE, Comparison, compare_runs, render_text
-from kmatrix.results.known_issues import load_known_issues
-from kmatrix.results.runs import load_runs
+from kmatrix.reports.options import ReportOptions, add_report_arguments
+
+if TYPE_CHECKING:
+    from kmatrix.results.compare import Comparison
 
 COMMANDS = ("report", "compare")
 
@@ -40,12 +41,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     sp.add_argument("--base", action="append", type=Path, default=[], help="a BASE run")
     sp.add_argument("--new", action="append", type=Path, default=[], help="a NEW run")
     sp.add_argument("--known-issues", type=Path, help="known-issues YAML")
-    sp.add_argument("--alpha", type=probability, default=ALPHA, help=f"significance ({ALPHA})")
+    # Defaults are kmatrix.results.compare's ALPHA and MIN_CHANGE (tests/test_cli.py).
+    sp.add_argument("--alpha", type=probability, help="significance (default 0.05)")
     sp.add_argument(
         "--min-change",
         type=non_negative,
-        default=MIN_CHANGE,
-        help=f"smallest relative change of the median that counts ({MIN_CHANGE})",
+        help="smallest relative change of the median that counts (default 0.05)",
     )
     sp.add_argument("--json", type=output_file, help="also write the verdicts as JSON")
     sp.add_argument(
@@ -57,6 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kmatrix.reports.writer import write_reports
+
     result = write_reports(args.results, ReportOptions.from_args(args))
     for path in result.written.values():
         print(path)
@@ -69,6 +72,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     if args.series:
         return _compare_series([*args.runs, *args.base, *args.new], args)
+    from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs, render_text
+    from kmatrix.results.known_issues import load_known_issues
+    from kmatrix.results.runs import load_runs
+
+    alpha = ALPHA if args.alpha is None else args.alpha
+    min_change = MIN_CHANGE if args.min_change is None else args.min_change
     base, new = list(args.base), list(args.new)
     if args.runs:
         if len(args.runs) != 2:
@@ -80,7 +89,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base_runs, new_runs = load_runs(base), load_runs(new)
     known_path = args.known_issues
     known = load_known_issues(known_path) if known_path else None
-    c = compare_runs(base_runs, new_runs, known, args.alpha, args.min_change)
+    c = compare_runs(base_runs, new_runs, known, alpha, min_change)
     sys.stdout.write(render_text(c))
     if args.json:
         args.json.write_text(json.dumps(c.to_dict(), indent=1) + "\n")
@@ -88,9 +97,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def series_comparison(
-    paths: list[Path], alpha: float = ALPHA, min_change: float = MIN_CHANGE
+    paths: list[Path], alpha: float | None = None, min_change: float | None = None
 ) -> Comparison:
-    """Each patched cell of the runs against its baseline twin (tests and metrics)."""
+    """Each patched cell of the runs against its baseline twin (tests and metrics); alpha and
+    min_change default to kmatrix.results.compare's ALPHA and MIN_CHANGE."""
+    from kmatrix.results.attribution import series_view
+    from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs
+    from kmatrix.results.runs import load_runs
+
     if not paths:
         raise InputError("compare --series: give one or more runs")
     runs = load_runs(paths)
@@ -98,10 +112,18 @@ def series_comparison(
         raise InputError("compare --series: no cell of these runs has a baseline")
     base = [series_view(r, "baseline") for r in runs]
     new = [series_view(r, "patched") for r in runs]
-    return compare_runs(base, new, None, alpha, min_change)
+    return compare_runs(
+        base,
+        new,
+        None,
+        ALPHA if alpha is None else alpha,
+        MIN_CHANGE if min_change is None else min_change,
+    )
 
 
 def _compare_series(paths: list[Path], args: argparse.Namespace) -> int:
+    from kmatrix.results.compare import render_text
+
     c = series_comparison(paths, args.alpha, args.min_change)
     sys.stdout.write("patched cells against their baselines\n" + render_text(c))
     if args.json:

@@ -7,9 +7,8 @@ results.json itself is never touched here.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,44 +18,13 @@ from kmatrix.reports import html as report_html
 from kmatrix.reports import junit as junit_cells
 from kmatrix.reports import kcidb, reproduce
 from kmatrix.reports import markdown as report_md
+from kmatrix.reports.options import ReportOptions, add_report_arguments
 from kmatrix.results.compare import Comparison, compare_runs
 from kmatrix.results.known_issues import KnownIssues, default_known_issues, load_known_issues
 from kmatrix.results.runs import Run, check_artifacts, load_run, load_runs, write_json_atomic
 
 COMPARE_FILENAME = "compare.json"
-
-
-@dataclass
-class ReportOptions:
-    baseline: Sequence[Path] = ()  # BASE run directories or results.json files
-    known_issues: Path | None = None  # None: known-issues.yaml beside the matrix, if any
-    kcidb_origin: str = "kmatrix"
-    artifacts_url: str | None = None  # where the reports directory will be published
-    # Check kcidb.json against kcidb-io's schema when kcidb-io is installed. `kmatrix report`
-    # does; a pytest run does not (importing the schema validator costs ~0.1 s at the end of
-    # every run, and the exporter's output is checked by kmatrix's own tests).
-    validate_kcidb: bool = True
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ReportOptions:
-        """From the options add_report_arguments gave a command."""
-        return cls(
-            baseline=args.baseline,
-            known_issues=args.known_issues,
-            kcidb_origin=args.kcidb_origin,
-            artifacts_url=args.artifacts_url,
-        )
-
-
-def add_report_arguments(parser: argparse.ArgumentParser, published: str) -> None:
-    """The report options of `kmatrix report` and `kmatrix merge`; published names what
-    --artifacts-url points at."""
-    parser.add_argument(
-        "--baseline", action="append", type=Path, default=[], help="earlier run; repeatable"
-    )
-    parser.add_argument("--known-issues", type=Path, help="known-issues YAML")
-    parser.add_argument("--kcidb-origin", default="kmatrix", help="KCIDB origin (kmatrix)")
-    parser.add_argument("--artifacts-url", help=f"where the {published} is published")
+__all__ = ["COMPARE_FILENAME", "ReportOptions", "ReportResult", "add_report_arguments"]
 
 
 @dataclass
