@@ -59,6 +59,8 @@ def test_shell_gives_an_interactive_guest(tmp_path: Path) -> None:
         child.sendline("echo $((6*7)); uname -r")
         child.expect("42")
         child.expect("6.1.0-57-cloud-amd64")
+        child.sendline("stress-ng --version")  # the tools disk, mounted before the shell
+        child.expect("stress-ng, version")
         child.sendline("exit")
         child.expect(pexpect.EOF, timeout=60)
     finally:

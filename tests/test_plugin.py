@@ -39,6 +39,7 @@ def test_each_cell_boots_once(serial_run: KmatrixRun) -> None:
         record = json.loads((reports / "cells" / slug / "boot.json").read_text())
         assert record["launches"] == 1, record
         assert record["poweroff_clean"] is True, record
+        assert record["disks"] == {}, record  # the boot suite needs no tools: no disk
         assert (reports / "cells" / slug / "console.log").is_file()
         assert "Linux version" in (reports / "cells" / slug / "dmesg.log").read_text()
 

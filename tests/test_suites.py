@@ -77,6 +77,8 @@ def test_metrics_and_scheduler_properties_recorded(run: Cases) -> None:
     assert props["sched.class"] == "CFS"  # 6.1 predates EEVDF
     assert props["sched.preempt_model"] == "voluntary"  # Debian's PREEMPT_DYNAMIC default
     assert props["sched.sched_ext"] == "absent"
+    # The tools came from the read-only disk the suites' tests ask for.
+    assert props["kmatrix.disk.tools"] == "erofs disk"
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,7 @@ class DiskPlan:
     fstype: str = ""  # what the guest mounts it as (the ext4 driver reads ext2)
     image: Path | None = None
     modules: tuple[str, ...] = ()  # loaded by the mount, dependencies first
+    holds: tuple[str, ...] = ()  # of those, what the mount itself keeps in use (driver, fs)
     reason: str = ""  # why the initramfs, when it is
 
     @property
@@ -267,9 +268,11 @@ def _driver_modules(
 def kernel_support(
     kernel: KernelArtifact,
     has_module: Callable[[str], bool],
-    formats: Iterable[DiskFormat] = FORMATS,
+    formats: Iterable[DiskFormat] | None = None,
 ) -> KernelSupport:
-    """Which formats this kernel mounts from a virtio-blk disk, with the modules each needs."""
+    """Which formats (default: FORMATS, in order) this kernel mounts from a virtio-blk disk,
+    with the modules each needs. has_module: whether a module ships with the kernel."""
+    formats = FORMATS if formats is None else formats
     out = KernelSupport()
     if not kernel.config_known:
         out.why_not.append("the kernel's config is unknown")
@@ -318,8 +321,18 @@ def plan_disk(
             reasons.append(f"the host has no {fmt.tool} ({fmt.package}) for {fmt.name}")
             continue
         image = disk_image(tree, fmt)
+        # virtio_pci is the transport of every virtio device (the agent's channel too): the
+        # disk's own holders are the block driver and the filesystem.
+        holds = tuple(m for m in modules if m != "virtio_pci")
         return DiskPlan(
-            content.name, tree, content.link, fmt.name, fstype, image, tuple(closure(modules))
+            content.name,
+            tree,
+            content.link,
+            fmt.name,
+            fstype,
+            image,
+            tuple(closure(modules)),
+            holds,
         )
     return DiskPlan(content.name, tree, content.link, reason="; ".join(reasons))
 

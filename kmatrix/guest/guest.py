@@ -399,7 +399,7 @@ class Guest:
 
     def held_modules(self) -> set[str]:
         """Modules the mounted data disks hold (they cannot be unloaded while mounted)."""
-        return {m for n in self.mounted if n in self.disk_plans for m in self.disk_plans[n].modules}
+        return {m for n in self.mounted if n in self.disk_plans for m in self.disk_plans[n].holds}
 
     def poweroff(self, timeout: float = 30.0) -> bool:
         """Asks the guest to power off and waits for QEMU to exit by itself."""
