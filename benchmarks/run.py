@@ -10,6 +10,12 @@ machine noise (other QEMUs, compilers) spreads over all of them alike; the repor
 medians, the spread and ratios, and the load average seen during each section.
 
 Sections:
+  whole     what users feel, as whole processes: raw QEMU booting the kernel with a busybox-only
+            initramfs that prints its uptime and powers off, against `pytest -p kmatrix -n 0
+            testcases/test_boot.py -k userspace` on a one-cell matrix of the same kernel (same
+            machine, CPU, vCPUs, memory and -accel flags), interleaved A B A B; spawn to the
+            first boot result and to exit; with --compare-tree, the same pytest run from another
+            checkout (e.g. the previous release) as a third interleaved variant
   floor     raw qemu-system-x86_64 boots the kernel + the kmatrix initramfs to a guest command
             (uname -r) and poweroff: a minimal argv, and kmatrix's own argv; against them the
             kmatrix library (Guest: boot, command, poweroff) and pytest (time to the first boot
@@ -18,7 +24,8 @@ Sections:
   cell      one whole cell with every suite (pytest testcases -k CELL), time per suite
   vng       virtme-ng (benchmarks/.venv, `vng --run KERNEL --exec 'uname -r'`) on the same kernel
   pvh       bzImage vs the extracted PVH vmlinux, every kernel of the benchmark matrix
-  initrd    the initramfs uncompressed vs gzip vs zstd
+  initrd    the initramfs with the suite tools (as before the tools disk) uncompressed vs gzip
+            vs zstd, the base image cells boot now, and busybox alone
   xdist     the default matrix's boot suite with -n 1 and -n 2
   snapshot  restoring a migration snapshot of a booted guest vs booting it again: raw QEMU
             (exec: migration, no sandbox) and the runner's Guest.snapshot()/restore()
@@ -47,21 +54,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kmatrix.config.specs import Cell  # noqa: E402
+from kmatrix.guest.datadisk import DiskPlan, staged_tree  # noqa: E402
 from kmatrix.guest.guest import Guest  # noqa: E402
+from kmatrix.guest.image import (  # noqa: E402
+    TOOLS_DISK,
+    base_modules,
+    build_image,
+    load_recipe,
+    tools_content,
+)
 from kmatrix.guest.session import GuestSession  # noqa: E402
 from kmatrix.kernels import load_matrix  # noqa: E402
 from kmatrix.kernels.artifact import KernelArtifact  # noqa: E402
 from kmatrix.results.runs import load_run  # noqa: E402
 from kmatrix.vm.argv import QEMU_BINARY, BootPaths, build_argv  # noqa: E402
+from kmatrix.vm.devices import lower  # noqa: E402
 from kmatrix.vm.machine import Machine, private_rundir, sandbox_supported  # noqa: E402
 
 MATRIX = ROOT / "benchmarks" / "matrix.yaml"
 DEFAULT_MATRIX = ROOT / "matrix" / "default.yaml"
 VNG_VENV = ROOT / "benchmarks" / ".venv"
 PY = sys.executable
-SECTIONS = ("floor", "cell", "vng", "pvh", "initrd", "xdist", "snapshot")
+SECTIONS = ("whole", "floor", "cell", "vng", "pvh", "initrd", "xdist", "snapshot")
 FLOOR_KERNELS = ("deb-6.1-cloud", "deb-6.12-generic")  # cheap cloud; generic = vng's kernel
 TARGET_FLOOR = 1.15
+TARGET_FIRST_RESULT = 1.10  # whole section: first boot result / raw QEMU whole process
+WHOLE_KERNEL = "deb-6.1-cloud"
 TARGET_VNG = 0.25
 TARGET_XDIST = 1.8
 T = TypeVar("T")
@@ -551,6 +569,70 @@ def run_snapshot(p: Prepared, work: Path) -> dict[str, float]:
 # --- sections ---------------------------------------------------------------------------------
 
 
+def one_cell_matrix(p: Prepared, work: Path) -> Path:
+    """A matrix of p's cell alone (kernel, CPU model, profile, sizes, accel as benchmarked)."""
+    c = p.cell
+    path = work / "one-cell.yaml"
+    profile = ROOT / "matrix" / "devices" / f"{c.device.name}.yaml"
+    assert profile.is_file(), profile
+    path.write_text(
+        "name: one-cell\n"
+        f"defaults: {{memory: {c.memory}, smp: {c.smp}, boot_timeout: {c.boot_timeout:g}, "
+        f"test_timeout: {c.test_timeout:g}, accel: tcg}}\n"
+        f"kernels:\n  - name: {c.kernel.name}\n    deb: {c.kernel.location}\n"
+        f"cpus:\n  - {{name: {c.cpu.name}, model: {c.cpu.model}}}\n"
+        f"devices:\n  - {profile}\n"
+    )
+    return path
+
+
+def whole_pytest_argv(tree: Path, matrix: Path, reports: Path, work: Path) -> list[str]:
+    """The issue's command: `pytest -p kmatrix -n 0 testcases/test_boot.py -k userspace`, with
+    pytest's cache kept (as on a user's machine) out of the checkout."""
+    return [
+        PY, "-m", "pytest", "-p", "kmatrix", "-n", "0", str(tree / "testcases" / "test_boot.py"),
+        "-k", "userspace", "-v", f"--kmatrix-matrix={matrix}", f"--kmatrix-reports={reports}",
+        "-o", f"cache_dir={work / 'pytest-cache'}",
+    ]  # fmt: skip
+
+
+def run_whole_pytest(tree: Path, matrix: Path, work: Path, label: str) -> dict[str, float]:
+    reports = work / f"whole-{label}"
+    shutil.rmtree(reports, ignore_errors=True)
+    marks = {"first_result": r"test_userspace_reached\[[^\]]*\] (PASSED|FAILED|ERROR)"}
+    # Another checkout's kmatrix comes first on the path (the editable install's finder
+    # comes after sys.path).
+    env = {"PYTHONPATH": str(tree)} if tree != ROOT else None
+    seen, out, rc = timed_process(whole_pytest_argv(tree, matrix, reports, work), marks, env=env)
+    if rc != 0 or "1 passed" not in out:
+        raise RuntimeError(f"pytest ({label}) failed (exit {rc}):\n{out[-3000:]}")
+    return seen
+
+
+def section_whole(preps: dict[str, Prepared], work: Path, reps: int, compare: Path | None) -> None:
+    p = preps[WHOLE_KERNEL]
+    busybox = busybox_initrd(work)
+    matrix = one_cell_matrix(p, work)
+    console = work / "whole-console.log"
+    S.notes["whole.busybox_mib"] = f"{busybox.stat().st_size / 2**20:.1f}"
+    S.notes["whole.argv"] = " ".join(floor_argv_min(p.cell, p.kernel.boot_image, busybox, console))
+    S.notes["whole.pytest"] = " ".join(whole_pytest_argv(ROOT, matrix, work / "r", work)[1:])
+    variants = [("kmx", ROOT)] + ([("old", compare)] if compare else [])
+    log(f"whole: {p.cell.id}, busybox floor {S.notes['whole.busybox_mib']} MiB, {reps} rounds")
+    for i in range(reps):
+        S.load("whole")
+        S.add("whole.load", os.getloadavg()[0])
+        S.add("whole.floor", floor_min(p, p.kernel.boot_image, busybox, console))
+        line = f"  round {i + 1}: floor {S.data['whole.floor'][-1]:.2f}s"
+        for label, tree in variants:
+            seen = run_whole_pytest(tree, matrix, work, label)
+            for key in ("first_result", "exit"):
+                S.add(f"whole.{label}.{key}", seen.get(key))
+                S.add(f"whole.{label}.{key}.pair", seen[key] / S.data["whole.floor"][-1])
+            line += f", {label} first result {seen['first_result']:.2f}s exit {seen['exit']:.2f}s"
+        log(line)
+
+
 def section_floor(preps: dict[str, Prepared], work: Path, reps: int) -> None:
     for name in FLOOR_KERNELS:
         p = preps[name]
@@ -640,12 +722,21 @@ def section_pvh(preps: dict[str, Prepared], work: Path, reps: int) -> None:
         )
 
 
+def tools_initrd(p: Prepared) -> Path:
+    """p's image with the suite tools in it: what every cell booted before the tools disk
+    (and what a kernel that cannot mount it still boots)."""
+    tools = DiskPlan(TOOLS_DISK, staged_tree(tools_content(load_recipe())), True, reason="bench")
+    modules = base_modules(p.channel) + lower(p.cell.device).modules
+    return build_image(p.kernel, modules, disks=[tools])
+
+
 def section_initrd(preps: dict[str, Prepared], work: Path, reps: int) -> None:
     p = preps["deb-6.1-cloud"]
     console = work / "initrd-console.log"
-    variants = {"none": floor_initrd(p.initrd, work), "gzip": floor_initrd(p.initrd, work, "gz"),
-                "zstd": floor_initrd(p.initrd, work, "zst"),
-                "busybox": busybox_initrd(work)}  # fmt: skip
+    tools = tools_initrd(p)
+    variants = {"tools": floor_initrd(tools, work), "tools gzip": floor_initrd(tools, work, "gz"),
+                "tools zstd": floor_initrd(tools, work, "zst"),
+                "base": floor_initrd(p.initrd, work), "busybox": busybox_initrd(work)}  # fmt: skip
     for label, path in variants.items():
         S.notes[f"initrd.{label}.mib"] = f"{path.stat().st_size / 2**20:.1f}"
     for _ in range(reps):
@@ -760,6 +851,33 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
     )
     others = ", ".join(f"{k} {v:.1f}" for k, v in S.others.items())
     w(f"CPU used by other processes (cores of {os.cpu_count()}) per section: {others}")
+    if "whole" in sections:
+        c = f"{WHOLE_KERNEL}/Haswell/virtio"
+        head(f"whole process, one boot test ({c}: q35, Haswell-noTSX, 2 vCPUs, 1 GiB, TCG)")
+        loads = S.data.get("whole.load", [])
+        w(f"  load average (1 min) at each round: {', '.join(f'{x:.1f}' for x in loads)}")
+        w(f"  floor: raw QEMU + busybox-only initramfs ({S.notes.get('whole.busybox_mib')} MiB),"
+          f" spawn to exit        {spread('whole.floor')}")  # fmt: skip
+        labels = [("kmx", "kmatrix")] + [("old", "--compare-tree")] * ("whole.old.exit" in S.data)
+        for label, name in labels:
+            first, end = spread(f"whole.{label}.first_result"), spread(f"whole.{label}.exit")
+            w(f"  {name}: pytest spawn to first boot result      {first}")
+            w(f"  {name}: pytest spawn to process exit           {end}")
+        for label, name in labels:
+            r1 = ratio(f"whole.{label}.first_result", "whole.floor")
+            r2 = ratio(f"whole.{label}.exit", "whole.floor")
+            p1, p2 = S.med(f"whole.{label}.first_result.pair"), S.med(f"whole.{label}.exit.pair")
+            t1 = TARGET_FIRST_RESULT
+            w(
+                f"  {name}: ratio first boot result / floor  {fmt(r1, 'x')} (median of pairs "
+                f"{fmt(p1, 'x')})  target <= {t1}x: {verdict(r1, t1)}"
+            )
+            w(
+                f"  {name}: ratio process exit / floor       {fmt(r2, 'x')} (median of pairs "
+                f"{fmt(p2, 'x')})  target <= {TARGET_FLOOR}x: {verdict(r2, TARGET_FLOOR)}"
+            )
+        w(f"  floor:   {S.notes.get('whole.argv', '')}")
+        w(f"  kmatrix: python {S.notes.get('whole.pytest', '')}")
     if "floor" in sections:
         for name in FLOOR_KERNELS:
             k = f"floor.{name}"
@@ -855,10 +973,10 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
                 f"   vmlinux {spread(f'pvh.{name}.pvh')}   {fmt(r, 'x')} faster {note}"
             )
     if "initrd" in sections:
-        head("initramfs compression (deb-6.1-cloud, PVH, raw QEMU)")
-        for label in ("none", "gzip", "zstd", "busybox"):
+        head("initramfs (deb-6.1-cloud, PVH, raw QEMU): with the tools, compressed or not; base")
+        for label in ("tools", "tools gzip", "tools zstd", "base", "busybox"):
             w(
-                f"  {label:<5} {S.notes.get(f'initrd.{label}.mib', '?'):>6}"
+                f"  {label:<10} {S.notes.get(f'initrd.{label}.mib', '?'):>6}"
                 f" MiB  {spread(f'initrd.{label}')}"
             )
     if "xdist" in sections:
@@ -932,6 +1050,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="also write every sample as JSON")
     ap.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="whole section: also time the same pytest run from this kmatrix checkout",
+    )
+    ap.add_argument(
         "--install-vng", action="store_true", help=f"pip install virtme-ng into {VNG_VENV}"
     )
     args = ap.parse_args(argv)
@@ -948,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"preparing {len(matrix.cells)} cells (kernels, PVH vmlinux, initramfs) in {work}")
         preps = {c.kernel.name: prepare(c, work) for c in matrix.cells}
         runners: dict[str, Callable[[], None]] = {
+            "whole": lambda: section_whole(preps, work, args.reps, args.compare_tree),
             "floor": lambda: section_floor(preps, work, args.reps),
             "vng": lambda: section_vng(preps, work, args.long_reps),
             "cell": lambda: section_cell(preps, work, args.long_reps),
