@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kmatrix.config.specs import Cell, Matrix
-from kmatrix.guest import datadisk
+from kmatrix.guest import datadisk, image
 from kmatrix.guest.datadisk import (
     FORMATS,
     DataContent,
@@ -24,7 +24,7 @@ from kmatrix.guest.datadisk import (
     staged_tree,
 )
 from kmatrix.guest.guest import Guest
-from kmatrix.guest.image import TOOLS_DISK
+from kmatrix.guest.image import TOOLS_DISK, ModuleIndex
 from kmatrix.kernels.artifact import KernelArtifact
 from kmatrix.vm.argv import BootPaths, build_argv
 
@@ -59,11 +59,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_debian_kernels_get_erofs_with_the_transport_modules() -> None:
+def test_debian_kernels_get_squashfs_with_the_transport_modules() -> None:
     support = kernel_support(kernel(DEBIAN), every_module)
     assert not support.why_not
     names = [(f.name, fstype, mods) for f, fstype, mods in support.formats]
-    assert names[0] == ("erofs", "erofs", ["virtio_pci", "virtio_blk", "erofs"])
+    assert names[0] == ("squashfs", "squashfs", ["virtio_pci", "virtio_blk", "squashfs"])
     # ext4 built in reads the ext2 image as ext4, with no filesystem module to load.
     assert names[-1] == ("ext2", "ext4", ["virtio_pci", "virtio_blk"])
 
@@ -78,15 +78,15 @@ def test_a_kernel_without_a_disk_filesystem_says_which_it_lacks() -> None:
     support = kernel_support(kernel(TINY), every_module)
     assert support.formats == []
     assert support.why_not == [
-        "the kernel mounts none of CONFIG_EROFS_FS, CONFIG_SQUASHFS, CONFIG_EXT2_FS/CONFIG_EXT4_FS"
+        "the kernel mounts none of CONFIG_SQUASHFS, CONFIG_EROFS_FS, CONFIG_EXT2_FS/CONFIG_EXT4_FS"
     ]
 
 
 def test_a_module_that_does_not_ship_counts_as_absent() -> None:
     support = kernel_support(kernel(DEBIAN), lambda m: m != "virtio_blk")
     assert support.why_not == ["CONFIG_VIRTIO_BLK is =m without its module"]
-    no_erofs = kernel_support(kernel(DEBIAN), lambda m: m != "erofs")
-    assert [f.name for f, _, _ in no_erofs.formats] == ["squashfs", "ext2"]
+    no_squashfs = kernel_support(kernel(DEBIAN), lambda m: m != "squashfs")
+    assert [f.name for f, _, _ in no_squashfs.formats] == ["erofs", "ext2"]
 
 
 def test_unknown_config_means_no_disk() -> None:
@@ -141,12 +141,12 @@ def test_plan_falls_back_to_the_initramfs_with_every_reason(cache: Path) -> None
         content, kernel_support(kernel(DEBIAN), every_module), lambda n: n, lambda f: False
     )
     assert not plan.attached and plan.image is None
-    assert plan.summary().startswith("initramfs: the host has no mkfs.erofs (erofs-utils)")
+    assert plan.summary().startswith("initramfs: the host has no mksquashfs (squashfs-tools)")
     assert "mke2fs (e2fsprogs) for ext2" in plan.reason
     assert plan.description() == "initramfs\n"
     tiny = plan_disk(content, kernel_support(kernel(TINY), every_module), lambda n: n)
-    assert tiny.summary() == "initramfs: the kernel mounts none of CONFIG_EROFS_FS, " + (
-        "CONFIG_SQUASHFS, CONFIG_EXT2_FS/CONFIG_EXT4_FS"
+    assert tiny.summary() == "initramfs: the kernel mounts none of CONFIG_SQUASHFS, " + (
+        "CONFIG_EROFS_FS, CONFIG_EXT2_FS/CONFIG_EXT4_FS"
     )
 
 
@@ -217,7 +217,7 @@ def test_tools_disk_is_mounted_on_first_use(tools_guest: Guest) -> None:
     g = tools_guest
     g.prepare()
     plan = g.disk_plans[TOOLS_DISK]
-    assert plan.fs == "erofs" and plan.image is not None, plan  # the Debian kernels have it
+    assert plan.fs == "squashfs" and plan.image is not None, plan  # the Debian kernels have it
     assert g.initrd is not None and g.initrd.stat().st_size < 8 << 20  # busybox, agent, modules
     g.start()
     assert g.session is not None
@@ -229,10 +229,10 @@ def test_tools_disk_is_mounted_on_first_use(tools_guest: Guest) -> None:
     assert res.exit_status == 0, res.stdout + res.stderr
     assert "stress-ng, version" in res.stdout
     assert g.mount_disk(TOOLS_DISK) == 0.0  # once per boot
-    assert g.held_modules() == {"virtio_blk", "erofs"}  # not their dependencies
+    assert g.held_modules() == {"virtio_blk", "squashfs"}  # not their dependencies
     mounts = g.session.read_file("/proc/mounts")
-    assert f"/usr/lib/kmatrix/disks/{TOOLS_DISK} erofs ro" in mounts
-    assert g.record.disks[TOOLS_DISK]["how"] == "erofs disk"
+    assert f"/usr/lib/kmatrix/disks/{TOOLS_DISK} squashfs ro" in mounts
+    assert g.record.disks[TOOLS_DISK]["how"] == "squashfs disk"
     assert g.record.disks[TOOLS_DISK]["mount_seconds"] > 0
 
 
@@ -254,3 +254,35 @@ def test_kernel_that_cannot_mount_gets_the_tools_in_its_initramfs(
     res = g.session.run(TOOLS_CHECK, timeout=120)
     assert res.exit_status == 0, res.stdout + res.stderr
     assert "kmxro-tools" not in " ".join(g._argv("tcg", g.outdir, g.console_log))
+
+
+def test_mount_modules_follow_softdeps_busybox_modprobe_does_not(tmp_path: Path) -> None:
+    """The 6.12 generic kernel: libcrc32c needs crc32c first (a softdep, through an alias
+    two modules provide); busybox modprobe knows neither, so the host resolves them."""
+    mods = tmp_path / "lib/modules/0.0-test"
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text(
+        "kernel/fs/erofs/erofs.ko.xz: kernel/lib/libcrc32c.ko.xz\n"
+        "kernel/lib/libcrc32c.ko.xz:\n"
+        "kernel/arch/x86/crypto/crc32c-intel.ko.xz:\n"
+        "kernel/crypto/crc32c_generic.ko.xz:\n"
+    )
+    (mods / "modules.softdep").write_text("# Soft dependencies\nsoftdep libcrc32c pre: crc32c\n")
+    (mods / "modules.alias").write_text(
+        "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias crc32cx other\n"
+    )
+    index = ModuleIndex._parse(mods)
+    assert index.closure(["erofs"]) == ["kernel/lib/libcrc32c.ko.xz", "kernel/fs/erofs/erofs.ko.xz"]
+    # The CPU-independent provider, before what needs it (crc32c-intel needs SSE4.2).
+    assert index.closure(["erofs"], soft=True) == [
+        "kernel/crypto/crc32c_generic.ko.xz",
+        "kernel/lib/libcrc32c.ko.xz",
+        "kernel/fs/erofs/erofs.ko.xz",
+    ]
+    # The cloud kernels have crc32c built in: nothing more to load.
+    (mods / "modules.builtin.modinfo").write_bytes(
+        b"crc32c_generic.alias=crypto-crc32c\0crc32c_generic.alias=crc32c\0"
+    )
+    index = ModuleIndex._parse(mods)
+    image._builtin_aliases.cache_clear()
+    assert index.closure(["erofs"], soft=True) == index.closure(["erofs"])

@@ -78,7 +78,7 @@ def test_metrics_and_scheduler_properties_recorded(run: Cases) -> None:
     assert props["sched.preempt_model"] == "voluntary"  # Debian's PREEMPT_DYNAMIC default
     assert props["sched.sched_ext"] == "absent"
     # The tools came from the read-only disk the suites' tests ask for.
-    assert props["kmatrix.disk.tools"] == "erofs disk"
+    assert props["kmatrix.disk.tools"] == "squashfs disk"
 
 
 @pytest.mark.parametrize(

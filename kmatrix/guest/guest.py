@@ -195,7 +195,7 @@ class Guest:
             plan = plan_disk(
                 provider(self.kernel, self.cell),
                 support,
-                lambda names: [module_name(p) for p in index.closure(names)],
+                lambda names: [module_name(p) for p in index.closure(names, soft=True)],
             )
             plans[name] = plan
             self.record.disks[name] = DiskRecord(

@@ -186,11 +186,13 @@ def module_name(path: str) -> str:
 
 @dataclass(frozen=True)
 class ModuleIndex:
-    """modules.dep and modules.builtin of one kernel."""
+    """modules.dep and modules.builtin of one kernel (modules.softdep and modules.alias, read
+    when asked, for what busybox modprobe does not follow: see closure)."""
 
     deps: dict[str, tuple[str, ...]]  # relative path -> dependency paths
     by_name: dict[str, str]  # module name -> relative path
     builtin: frozenset[str]
+    modules_dir: Path | None = None
 
     @classmethod
     def load(cls, modules_dir: Path | None) -> ModuleIndex:
@@ -223,7 +225,7 @@ class ModuleIndex:
             module_name(line)
             for line in (_read_index(builtin_file).splitlines() if builtin_file.is_file() else [])
         )
-        return cls(deps, {module_name(p): p for p in deps}, builtin)
+        return cls(deps, {module_name(p): p for p in deps}, builtin, modules_dir)
 
     def state(self, name: str) -> str:
         """'builtin', 'module' or 'absent'."""
@@ -232,8 +234,11 @@ class ModuleIndex:
             return "builtin"
         return "module" if n in self.by_name else "absent"
 
-    def closure(self, names: Iterable[str]) -> list[str]:
-        """Relative module paths to load, dependencies first; built-ins and absents skipped."""
+    def closure(self, names: Iterable[str], soft: bool = False) -> list[str]:
+        """Relative module paths to load, dependencies first; built-ins and absents skipped.
+        soft: also each module's `softdep ... pre:` modules, before it. The kernel asks for
+        those itself (e.g. libcrc32c's crc32c, where the crypto is a module), through a
+        modprobe that, in the guest, has no modules.alias to find them by."""
         order: list[str] = []
         seen: set[str] = set()
 
@@ -241,6 +246,9 @@ class ModuleIndex:
             if path in seen:
                 return
             seen.add(path)
+            if soft:
+                for pre in self.soft_pre(module_name(path)):
+                    visit(pre)
             for dep in self.deps.get(path, ()):
                 visit(dep)
             order.append(path)
@@ -250,6 +258,29 @@ class ModuleIndex:
             if p is not None:
                 visit(p)
         return order
+
+    def soft_pre(self, name: str) -> list[str]:
+        """The module paths of name's `softdep pre:` entries (an alias resolves to the module
+        that provides it, the CPU-independent *_generic one when there are several; one a
+        built-in module provides needs none)."""
+        if self.modules_dir is None:
+            return []
+        out = []
+        for target in _softdeps(self.modules_dir).get(name, ()):
+            if self.state(target) == "builtin" or target in _builtin_aliases(self.modules_dir):
+                continue  # e.g. crc32c built in: nothing to load (crc32c-intel may not probe)
+            path = self.by_name.get(target.replace("-", "_"))
+            if path is None:
+                providers = [
+                    self.by_name[m]
+                    for m in _alias_providers(self.modules_dir, target)
+                    if m in self.by_name
+                ]
+                generic = [p for p in providers if module_name(p).endswith("_generic")]
+                path = next(iter(generic or providers), None)
+            if path is not None:
+                out.append(path)
+        return out
 
 
 _INDEXES: dict[tuple[str, ...], ModuleIndex] = {}
@@ -279,6 +310,47 @@ def _check_entry(dep_file: Path, line: int, entry: str) -> None:
             f"{dep_file}:{line}: {entry!r} is not a path inside the module tree (absolute or "
             "with ..): refusing to read it"
         )
+
+
+@functools.cache
+def _softdeps(modules_dir: Path) -> dict[str, tuple[str, ...]]:
+    """module name -> the names its modules.softdep line loads before it."""
+    out: dict[str, tuple[str, ...]] = {}
+    with contextlib.suppress(OSError):
+        for line in (modules_dir / "modules.softdep").read_text().splitlines():
+            words = line.split()
+            if len(words) > 3 and words[0] == "softdep" and words[2] == "pre:":
+                pre = words[3 : words.index("post:")] if "post:" in words else words[3:]
+                out[words[1].replace("-", "_")] = tuple(pre)
+    return out
+
+
+@functools.cache
+def _builtin_aliases(modules_dir: Path) -> frozenset[str]:
+    """The aliases of built-in modules (modules.builtin.modinfo, NUL-separated mod.key=value)."""
+    try:
+        raw = (modules_dir / "modules.builtin.modinfo").read_bytes()
+    except OSError:
+        return frozenset()
+    out = set()
+    for entry in raw.decode(errors="replace").split("\0"):
+        _, sep, alias = entry.partition(".alias=")
+        if sep:
+            out.add(alias)
+    return frozenset(out)
+
+
+@functools.cache
+def _alias_providers(modules_dir: Path, alias: str) -> tuple[str, ...]:
+    """The modules modules.alias names for an exact alias (no wildcards: softdeps name
+    plain aliases such as crc32c)."""
+    prefix = f"alias {alias} "
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in (modules_dir / "modules.alias").read_text().splitlines():
+            if line.startswith(prefix):
+                found.append(line[len(prefix) :].strip().replace("-", "_"))
+    return tuple(found)
 
 
 def channel_for(kernel: KernelArtifact, index: ModuleIndex) -> str:
@@ -389,7 +461,7 @@ def _stage(
         mdir = root / "lib/modules" / kernel.release
         mdir.mkdir(parents=True, exist_ok=True)
         load = index.closure(modules)
-        ship = list(dict.fromkeys([*load, *index.closure(extra_modules)]))
+        ship = list(dict.fromkeys([*load, *index.closure(extra_modules, soft=True)]))
         dep_lines = []
         for rel in ship:
             plain = _MOD_SUFFIX.sub(".ko", rel)
@@ -477,7 +549,7 @@ def image_key(
     its content and dependencies, modules.builtin (the guest's modprobe reads it) and the
     data disks' descriptions (or trees)."""
     key_parts: list[bytes | str] = [recipe.base_digest(), kernel.release, *wanted]
-    for rel in index.closure([*wanted, *extra]):
+    for rel in dict.fromkeys([*index.closure(wanted), *index.closure(extra, soft=True)]):
         assert kernel.modules_dir is not None
         key_parts += [rel, stamped_digest(_module_file(kernel.modules_dir, rel)),
                       " ".join(index.deps.get(rel, ()))]  # fmt: skip

@@ -30,7 +30,7 @@ HOST_PACKAGES: dict[str, str] = {
     "coreutils": "/usr/bin/nice",
     "pciutils": "/usr/share/misc/pci.ids",
     # The read-only filesystem of the tools data disk (kmatrix/guest/datadisk.py).
-    "erofs-utils": "/usr/bin/mkfs.erofs",
+    "squashfs-tools": "/usr/bin/mksquashfs",
     # Static libc for the guest programs (images/programs/*.c, gcc -static).
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).
