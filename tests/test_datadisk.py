@@ -232,8 +232,9 @@ def test_tools_disk_is_mounted_on_first_use(tools_guest: Guest) -> None:
     assert g.held_modules() == {"virtio_blk", "squashfs"}  # not their dependencies
     mounts = g.session.read_file("/proc/mounts")
     assert f"/usr/lib/kmatrix/disks/{TOOLS_DISK} squashfs ro" in mounts
-    assert g.record.disks[TOOLS_DISK]["how"] == "squashfs disk"
-    assert g.record.disks[TOOLS_DISK]["mount_seconds"] > 0
+    assert g.record.disks[TOOLS_DISK].how == "squashfs disk"
+    took = g.record.disks[TOOLS_DISK].mount_seconds
+    assert took is not None and took > 0
 
 
 @pytest.mark.boot
@@ -247,7 +248,7 @@ def test_kernel_that_cannot_mount_gets_the_tools_in_its_initramfs(
     g.start()
     plan = g.disk_plans[TOOLS_DISK]
     assert not plan.attached
-    how = g.record.disks[TOOLS_DISK]["how"]
+    how = g.record.disks[TOOLS_DISK].how
     assert how == "initramfs: the kernel mounts none of CONFIG_KMX_NOPE_FS"
     assert g.mount_disk(TOOLS_DISK) >= 0  # a no-op that succeeds
     assert g.session is not None
