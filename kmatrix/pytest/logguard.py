@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -42,8 +42,10 @@ from kmatrix.guest.kmsg import read_kmsg, render_lines
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.guest.session import GuestSession
 from kmatrix.pytest.stash import cell_of, pool_of
-from kmatrix.results.logparse import KINDS, Finding, parse_kernel_log
 from kmatrix.results.schema import FindingRecord
+
+if TYPE_CHECKING:  # the parser's patterns compile on import: loaded while the first boot runs
+    from kmatrix.results.logparse import Finding
 
 ALLOW_MARKER = "kmatrix_allow"
 ALLOW_DOC = (
@@ -79,6 +81,8 @@ class Allowance:
 
 def allowances(item: pytest.Item) -> list[Allowance]:
     """The test's kmatrix_allow markers; pytest.UsageError naming an unknown kind."""
+    from kmatrix.results.logparse import KINDS
+
     out = []
     for mark in item.iter_markers(ALLOW_MARKER):
         unknown = [k for k in mark.args if k not in KINDS]
@@ -132,6 +136,8 @@ class LogGuard:
         own = w is not None and w.session is g.session
         got = read_kmsg(g.session, w.seq if own and w is not None else None)
         lines, seqs = render_lines(got.records, kernel_only=True)
+        from kmatrix.results.logparse import parse_kernel_log
+
         found = parse_kernel_log("\n".join(lines))
         if w is not None and own:
             w.seq = got.next
@@ -301,4 +307,4 @@ class LogGuard:
         return "\n".join(parts)
 
 
-_BAD_KEY = pytest.StashKey[list[Finding]]()
+_BAD_KEY = pytest.StashKey[list["Finding"]]()
