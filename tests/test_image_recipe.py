@@ -59,7 +59,7 @@ def test_tool_replaces_applet_and_data_is_copied(
         assert taskset.read_bytes() == Path("/usr/bin/taskset").read_bytes()
         assert (root / "usr/share/misc/pci.ids").stat().st_size > 0
         desc = "initramfs\n"
-    assert (root / "etc/kmatrix/disks/tools").read_text() == desc
+    assert (root / "etc/kmatrix/datadisks/tools").read_text() == desc
     assert (root / "bin/sh").is_symlink()  # the other applets stay
     assert (root / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
 

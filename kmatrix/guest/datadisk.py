@@ -4,7 +4,7 @@ A *data disk* is a tree of files (the suite tools, kselftest binaries, test data
 once per content key into the cache and packed into a read-only filesystem image once per
 (key, filesystem). A cell whose selected tests need it gets the image attached as a
 read-only virtio-blk disk (serial `kmxro-<name>`); its initramfs carries a one-line
-description (`/etc/kmatrix/disks/<name>`), the modules the mount needs (loaded at the
+description (`/etc/kmatrix/datadisks/<name>`), the modules the mount needs (loaded at the
 mount, not at boot) and, for a `link` disk, a symlink at each file's own path into the
 mount point, so the files are where they would be in the image once the disk is mounted.
 The agent mounts it on first use (`/usr/lib/kmatrix/mount-disk <name>`, images/mount-disk),
@@ -40,7 +40,7 @@ DISK_LAYOUT = "1"  # bump when the staged tree or the image layout below changes
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,13}$")  # serial kmxro-<name>: virtio-blk allows 20
 MOUNT_ROOT = "/usr/lib/kmatrix/disks"  # in the initramfs: <MOUNT_ROOT>/<name>
 MOUNT_SCRIPT = "/usr/lib/kmatrix/mount-disk"
-DESCRIPTION_DIR = "etc/kmatrix/disks"
+DESCRIPTION_DIR = "etc/kmatrix/datadisks"
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class DiskPlan:
         return self.image is not None
 
     def description(self) -> str:
-        """The guest's /etc/kmatrix/disks/<name> line, read by images/mount-disk."""
+        """The guest's /etc/kmatrix/datadisks/<name> line, read by images/mount-disk."""
         if not self.attached:
             return "initramfs\n"
         return f"disk {self.serial} {self.fstype} {' '.join(self.modules)}".rstrip() + "\n"

@@ -38,7 +38,7 @@ from kmatrix.kernels.artifact import KernelArtifact
 from kmatrix.kernels.bzimage import KernelImageError, decompress_file
 from kmatrix.resources import data_dir
 
-RECIPE_VERSION = "2"  # bump when the layout code below changes
+RECIPE_VERSION = "3"  # bump when the layout code below changes
 TOOLS_DISK = "tools"  # the data disk with the recipe's tools, programs and data
 
 
