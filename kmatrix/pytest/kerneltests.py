@@ -28,32 +28,12 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from kmatrix.build.builder import (
-    build_key,
-    cached_build,
-    fragment_texts,
-    parse_options,
-    toolchain_id,
-)
-from kmatrix.build.kselftest import (
-    SelftestSource,
-    emit_programs,
-    index_key,
-    known_programs,
-    missing_options,
-    requirements,
-    source_root,
-    target_files,
-)
-from kmatrix.build.patches import load_series
-from kmatrix.build.sources import cached_source
 from kmatrix.config.specs import Cell, KselftestTarget
 from kmatrix.errors import BuildFailure, KmatrixError
-from kmatrix.guest import kselftest as ksft
 from kmatrix.guest.guest import Guest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
 from kmatrix.kernels.kconfig import parse_config
@@ -74,7 +54,15 @@ from kmatrix.results.cases import (
     sanitized_tree,
     verdict,
 )
-from kmatrix.results.logparse import Finding, parse_kernel_log
+
+if TYPE_CHECKING:
+    from kmatrix.build.kselftest import SelftestSource
+    from kmatrix.guest import kselftest as ksft
+    from kmatrix.results.logparse import Finding
+
+# The builder, the patch reader, kselftest's build code and the log parser load when first
+# used: a run without kernel tests (or build: kernels) does not pay for them before its
+# first boot (tests/test_light_start.py).
 
 KSELFTEST, KUNIT = "kselftest", "kunit"
 UnitKey = tuple[str, str, str]  # (cell id, suite, target or "")
@@ -276,6 +264,8 @@ class KernelTestItem(pytest.Item):
         return _UnitRun(unit, findings=findings, ran_by=self.nodeid)
 
     def _run_kselftest(self, g: Guest, only: Path_ = ()) -> _UnitRun:
+        from kmatrix.guest import kselftest as ksft
+
         state = state_of(self.config)
         prepared = state.prepared.get(self.cell.id)
         failure = prepared.failures.get(self.target) if prepared is not None else None
@@ -337,6 +327,8 @@ def _owner(path: Path_ | None, selected: set[Path_]) -> Path_ | None:
 
 def _attribute_kunit(text: str, unit: Unit) -> list[tuple[Path_ | None, Finding]]:
     """Kernel reports in the boot log, each with the KUnit case that was printing then."""
+    from kmatrix.results.logparse import parse_kernel_log
+
     lines = text.split("\n")
     out: list[tuple[Path_ | None, Finding]] = []
     for f in parse_kernel_log(text):
@@ -386,6 +378,8 @@ _keys_memo: dict[tuple[SelftestSource, str], str | None] = {}
 
 
 def _programs(sel: SelftestSource, target: str) -> tuple[tuple[str, ...], bool] | None:
+    from kmatrix.build.kselftest import emit_programs, known_programs, source_root
+
     key = (sel, target)
     if key not in _programs_memo:
         try:
@@ -402,6 +396,8 @@ def _programs(sel: SelftestSource, target: str) -> tuple[tuple[str, ...], bool] 
 
 
 def _index_key(sel: SelftestSource, target: str) -> str | None:
+    from kmatrix.build.kselftest import index_key
+
     k = (sel, target)
     if k not in _keys_memo:
         try:
@@ -412,6 +408,8 @@ def _index_key(sel: SelftestSource, target: str) -> str | None:
 
 
 def _kselftest_items(parent: pytest.Collector, cell: Cell) -> list[KernelTestItem]:
+    from kmatrix.guest import kselftest as ksft
+
     spec = cell.suites.kselftest
     assert spec is not None
     state = state_of(parent.config)
@@ -443,6 +441,10 @@ def _kselftest_items(parent: pytest.Collector, cell: Cell) -> list[KernelTestIte
 
 
 def _kunit_key(cell: Cell) -> str | None:
+    from kmatrix.build.builder import build_key, toolchain_id
+    from kmatrix.build.patches import load_series
+    from kmatrix.build.sources import cached_source
+
     k = cell.kernel
     filt = cell.suites.kunit.filter if cell.suites.kunit is not None else None
     ident: str | None = None
@@ -463,6 +465,9 @@ def _kunit_key(cell: Cell) -> str | None:
 
 def _declared_config(cell: Cell) -> dict[str, str] | None:
     """The kernel's config if known without building or fetching anything."""
+    from kmatrix.build.builder import cached_build, fragment_texts, parse_options
+    from kmatrix.build.sources import cached_source
+
     k = cell.kernel
     if k.build is not None:
         try:
@@ -521,6 +526,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def _provider(config: pytest.Config, cell: Cell, targets: Sequence[str]) -> Any:
     def provide(g: Guest) -> Any:
+        from kmatrix.guest import kselftest as ksft
+
         state = state_of(config)
         assert g.kernel is not None
         state.kernels[cell.id] = g.kernel
@@ -536,6 +543,9 @@ def _provider(config: pytest.Config, cell: Cell, targets: Sequence[str]) -> Any:
 
 def _missing(config: pytest.Config, cell: Cell, target: str, kernel: KernelArtifact) -> list[str]:
     """Options the target's config file asks for that the kernel lacks (memoized)."""
+    from kmatrix.build.kselftest import missing_options, requirements, target_files
+    from kmatrix.guest import kselftest as ksft
+
     state = state_of(config)
     ukey: UnitKey = (cell.id, KSELFTEST, target)
     if ukey not in state.missing:
