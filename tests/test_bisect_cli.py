@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kmatrix.cli.bisect import cell_expression
+from kmatrix.cli.bisect import Bisector, cell_expression
 from kmatrix.cli.main import main
 from kmatrix.kernels import load_matrix
 
@@ -78,3 +78,28 @@ def test_cell_expression_excludes_cells_containing_the_id(matrix: Path) -> None:
     m = load_matrix(matrix)
     expr = cell_expression(m, m.cell("k/Haswell/virtio"))
     assert expr == "k/Haswell/virtio and not k/Haswell/virtio-x"
+
+
+def test_host_access_needs_the_run_to_allow_it(
+    matrix: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell that reaches the host is refused before any build unless the run allows it."""
+    text = matrix.read_text().replace(
+        "{name: virtio-x}]", '{name: pt, host_devices: [{host: "ffff:ff:1f.7"}]}]'
+    )
+    matrix.write_text(text + 'host_access: {reason: "a lab card", devices: ["ffff:ff:1f.7"]}\n')
+    rc = main(["bisect", "-m", str(matrix), "--reports", str(tmp_path / "r"), "k/Haswell/pt"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "m.yaml:13: host_access: cell k/Haswell/pt reaches" in err, err
+    assert "--allow-host-access" in err
+    assert not (tmp_path / "cache" / "builds").exists()
+
+
+def test_run_options_reach_each_steps_pytest(matrix: Path, tmp_path: Path) -> None:
+    m = load_matrix(matrix)
+    cell = m.cell("k/Haswell/virtio")
+    opts = ("--kmatrix-allow-host-access", "--kmatrix-require-sandbox")
+    b = Bisector(m, cell, (), "k", 1, tmp_path / "r", run_options=opts)
+    argv = b.pytest_argv(0, tmp_path / "out")
+    assert argv[-len(opts) :] == list(opts)
+    assert not set(opts) & set(Bisector(m, cell, (), "k", 1, tmp_path).pytest_argv(0, tmp_path))

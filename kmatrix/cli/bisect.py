@@ -23,6 +23,7 @@ from kmatrix.build.builder import build_kernel, recorded_failure
 from kmatrix.build.patches import Patch, load_series
 from kmatrix.build.prefixes import VANILLA, applicable, prefix_spec, upto_length
 from kmatrix.cli.main import testcase_dirs
+from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import BuildFailure, InputError
 from kmatrix.kernels import load_matrix
@@ -54,6 +55,7 @@ class Bisector:
     reports: Path
     accel: str | None = None
     retry_failed: bool = False  # build prefixes whose build failed before again
+    run_options: tuple[str, ...] = ()  # the run's host-access and sandbox options, for pytest
 
     def label(self, k: int) -> str:
         return VANILLA if k == 0 else self.patches[k - 1].name
@@ -69,6 +71,7 @@ class Bisector:
         ]  # fmt: skip
         if self.accel:
             argv.append(f"--kmatrix-accel={self.accel}")
+        argv += self.run_options
         if collect_only:
             argv.append("--collect-only")
         return argv
@@ -189,6 +192,8 @@ def bisect_command(
     good: str | None,
     accel: str | None,
     retry_failed: bool = False,
+    allow_host_access: bool = False,
+    require_sandbox: bool = False,
 ) -> int:
     if runs < 1:
         raise InputError(f"--runs {runs}: each step needs at least one run")
@@ -221,7 +226,11 @@ def bisect_command(
         raise InputError(f"--good {start}: the good end must be before the last patch")
     expr = cell_expression(m, cell) + (f" and ({tests})" if tests else "")
     out = reports / "bisect" / cell.slug
-    b = Bisector(m, cell, patches, expr, runs, out, accel, retry_failed)
+    check_run_allows(m, allow_host_access, [cell])  # before any build or boot
+    options = ((ALLOW_OPTION,) if allow_host_access else ()) + (
+        ("--kmatrix-require-sandbox",) if require_sandbox else ()
+    )
+    b = Bisector(m, cell, patches, expr, runs, out, accel, retry_failed, options)
     n_tests = b.selected()
     if n_tests == 0:
         raise InputError(f"-k {tests!r} selects no test of {cell_id}")

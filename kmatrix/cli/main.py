@@ -207,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sp.add_argument("directory", nargs="?", default=".", help="where (default: here)")
 
-    def with_run_policy(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--reports", type=directory, default="reports")
-        sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    def with_host_policy(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--allow-host-access",
             action="store_true",
@@ -220,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             action="store_true",
             help="error instead of warning when QEMU cannot run under -sandbox",
         )
+
+    def with_run_policy(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--reports", type=directory, default="reports")
+        sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+        with_host_policy(sp)
 
     sp = sub.add_parser("list", help="list the cells of a matrix")
     with_matrix(sp)
@@ -264,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--reports", type=Path, default=Path("reports"), help="logs go in here")
     sp.add_argument("--json", type=output_file, help="also write the steps and the answer as JSON")
     sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    with_host_policy(sp)
     sp.add_argument(
         "--retry-failed-builds",
         action="store_true",
@@ -344,7 +348,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
         return bisect_command(
             args.matrix, args.cell, args.tests, args.runs, args.reports, args.json,
-            args.good, args.accel, args.retry_failed_builds,
+            args.good, args.accel, args.retry_failed_builds, args.allow_host_access,
+            args.require_sandbox,
         )  # fmt: skip
     if args.command == "patches":
         from kmatrix.cli.patches import check_command

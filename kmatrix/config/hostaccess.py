@@ -268,6 +268,6 @@ def check_run_allows(matrix: Matrix, allowed: bool, cells: Iterable[Cell] | None
         access.line if access else None,
         "host_access",
         f"cell {cell.id} reaches {use.describe()}{more}; the matrix grants it, but this run "
-        f"does not allow host access: pass {ALLOW_OPTION} (kmatrix run/shell: "
+        f"does not allow host access: pass {ALLOW_OPTION} (kmatrix run/shell/bisect: "
         "--allow-host-access) if this matrix is trusted; see docs/security.md",
     )
