@@ -11,7 +11,7 @@ from conftest import qemu_pids
 from kmatrix.config.specs import Cell
 from kmatrix.errors import ArtifactError
 from kmatrix.guest.guest import BootFailure, Guest
-from kmatrix.guest.session import CommandFailed
+from kmatrix.guest.session import CommandFailed, CommandResult
 
 
 def test_boot_record(booted61: Guest, cloud61: Cell) -> None:
@@ -42,10 +42,18 @@ def test_output_is_exact_and_binary_safe(booted61: Guest) -> None:
     assert r.stdout == "KMX-END 1 0\nKMX-OUT 2\n"
     big = s.run("head -c 300000 /dev/zero | tr '\\0' 'a'; echo")
     assert big.stdout == "a" * 300000 + "\n"
-    s.write_file("/tmp/blob", bytes(range(256)))
-    assert s.run("md5sum /tmp/blob | cut -d' ' -f1").stdout.strip() == (
-        "e2c865db4162bed963bfaa9ef6ac18f0"
-    )
+    journal: list[CommandResult] = []
+    saved, s.on_command = s.on_command, lambda r, tmo: journal.append(r)
+    try:
+        s.write_file("/tmp/blob", bytes(range(256)))
+    finally:
+        s.on_command = saved
+    md5 = "e2c865db4162bed963bfaa9ef6ac18f0"
+    assert s.run("md5sum /tmp/blob | cut -d' ' -f1").stdout.strip() == md5
+    # The journal (what reproduce.sh replays) has a shell command writing the same bytes.
+    (entry,) = journal
+    assert s.run(entry.command.replace("/tmp/blob", "/tmp/blob2"), check=True).ok
+    assert s.run("md5sum /tmp/blob2 | cut -d' ' -f1").stdout.strip() == md5
 
 
 def test_printk_never_mixes_into_output(booted61: Guest) -> None:

@@ -15,7 +15,7 @@ import shlex
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -203,6 +203,11 @@ class GuestSession:
             return f"KMX-PUT {ident} {len(b64)} {name}\n{b64.decode()}"
 
         result = self._request(f"[write {path}, {len(raw)} bytes]", line, tmo)
+        if self.on_command is not None:
+            # The journal gets the shell command that writes the same bytes: a reproducer
+            # replays it like any other (slower than KMX-PUT, but only there).
+            shell = f"echo {b64.decode()} | base64 -d > {shlex.quote(path)}"
+            self.on_command(replace(result, command=shell), tmo)
         if result.exit_status != 0:
             raise CommandFailed(result)
 
