@@ -398,7 +398,7 @@ def timed_process(
 def pytest_argv(matrix: Path, reports: Path, *args: str) -> list[str]:
     return [
         PY, "-m", "pytest", "-p", "kmatrix", f"--kmatrix-matrix={matrix}",
-        f"--kmatrix-reports={reports}", "-p", "no:cacheprovider", *args,
+        f"--kmatrix-run-dir={reports}", "-p", "no:cacheprovider", *args,
     ]  # fmt: skip
 
 

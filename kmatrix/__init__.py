@@ -35,12 +35,16 @@ _EXPORTS = {
     "require_config": "kmatrix.pytest.helpers",
     "KernelTests": "kmatrix.pytest.kerneltests",
     "needs_tools": "kmatrix.pytest.helpers",
+    "not_applicable": "kmatrix.pytest.helpers",
+    "NotApplicable": "kmatrix.pytest.helpers",
     "LogMark": "kmatrix.guest.logmark",
     "log_mark": "kmatrix.guest.logmark",
     "new_log": "kmatrix.guest.logmark",
     "Finding": "kmatrix.results.logparse",
     "parse_kernel_log": "kmatrix.results.logparse",
     "findings_summary": "kmatrix.results.logparse",
+    "assert_no_findings": "kmatrix.results.findings",
+    "KernelReportsFound": "kmatrix.results.findings",
     "KmatrixError": "kmatrix.errors",
     "base_modules": "kmatrix.guest.image",
     "qemu_layout": "kmatrix.vm.devices",
@@ -57,13 +61,16 @@ __all__ = [
     "Guest",
     "GuestSession",
     "KernelArtifact",
+    "KernelReportsFound",
     "KernelSpec",
     "KernelTests",
     "KmatrixError",
     "LogMark",
     "Matrix",
+    "NotApplicable",
     "QemuDevice",
     "__version__",
+    "assert_no_findings",
     "base_modules",
     "build_module",
     "crash_module",
@@ -73,6 +80,7 @@ __all__ = [
     "log_mark",
     "needs_tools",
     "new_log",
+    "not_applicable",
     "parse_kernel_log",
     "qemu_layout",
     "require_config",
@@ -107,7 +115,8 @@ if TYPE_CHECKING:
     from kmatrix.kernels.artifact import KernelArtifact
     from kmatrix.kernels.extmod import build_module, crash_module
     from kmatrix.kernels.registry import load_matrix
-    from kmatrix.pytest.helpers import needs_tools, require_config
+    from kmatrix.pytest.helpers import NotApplicable, needs_tools, not_applicable, require_config
     from kmatrix.pytest.kerneltests import KernelTests
+    from kmatrix.results.findings import KernelReportsFound, assert_no_findings
     from kmatrix.results.logparse import Finding, findings_summary, parse_kernel_log
     from kmatrix.vm.devices import qemu_layout

@@ -11,13 +11,13 @@ import re
 import time
 from typing import Any
 
-from kmatrix import (  # noqa: F401  (log_mark, new_log: the suites import them from here)
+from kmatrix import (  # noqa: F401  (the suites import these from here)
     Finding,
     Guest,
     GuestSession,
     LogMark,
     QemuDevice,
-    findings_summary,
+    assert_no_findings,
     log_mark,
     new_log,
     parse_kernel_log,
@@ -62,29 +62,34 @@ def new_findings(guest: GuestSession, mark: LogMark) -> tuple[list[Finding], str
     return parse_kernel_log(text), text
 
 
-def describe_findings(findings: list[Finding]) -> str:
-    return findings_summary(findings) + "\n\n" + "\n".join(f.excerpt for f in findings[:3])
-
-
 # Shell functions for scripts that drive stress-ng: its workers are direct children of the
 # stress-ng process started with `&` ($!). /proc/<pid>/task/<pid>/children (PROC_CHILDREN)
-# is one small read; without it, one scan of every /proc/<pid>/stat.
+# is one small read; without it, one scan of every /proc/<pid>/stat. kmx_wait_kids waits up
+# to 60 s of guest time (a third argument changes it): starting stress-ng takes a moment
+# under TCG, and many on a busy host.
 SH_CHILDREN = r"""
 kmx_kids() {
     if [ -r /proc/$1/task/$1/children ]; then cat /proc/$1/task/$1/children
     else cat /proc/[0-9]*/stat 2>/dev/null | awk -v p=$1 '$4 == p { printf "%s ", $1 }'; fi
 }
 kmx_wait_kids() {
-    _i=0
-    while [ $_i -lt 100 ]; do
+    _end=$(( $(cut -d. -f1 /proc/uptime) + ${3:-60} ))
+    while :; do
         _k=$(kmx_kids $1)
         [ $(echo $_k | wc -w) -ge $2 ] && break
-        sleep 0.1; _i=$((_i + 1))
+        [ $(cut -d. -f1 /proc/uptime) -ge $_end ] && break
+        sleep 0.1
     done
     echo $_k
 }
 kmx_files() { for _p in $2; do printf '/proc/%s/%s ' $_p $1; done; }
 """
+
+
+# Deadline of a guest script that starts loads (stress-ng, hackbench) and measures them:
+# seconds on an idle host, but a guest under TCG on a host with other VMs and compilers
+# runs ten times slower or more. A deadline, never a tolerance on what is measured.
+LOADED_TIMEOUT = 180
 
 
 def parse_stat(line: str) -> tuple[int, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kmatrix import Cell, Guest, GuestSession, findings_summary, parse_kernel_log
+from kmatrix import Cell, Guest, GuestSession, assert_no_findings, parse_kernel_log
 
 pytestmark = pytest.mark.boot
 
@@ -70,12 +70,7 @@ def test_kernel_log_clean(guest: GuestSession, booted: Guest) -> None:
     findings = parse_kernel_log(dmesg)
     console = booted.console_log.read_text(errors="replace") if booted.console_log.exists() else ""
     findings += parse_kernel_log(console)
-    assert not findings, (
-        "kernel log reports:\n"
-        + findings_summary(findings)
-        + "\n\n"
-        + "\n".join(f.excerpt for f in findings[:3])
-    )
+    assert_no_findings(findings, "kernel log reports")
 
 
 @pytest.mark.kmatrix_final
@@ -85,4 +80,5 @@ def test_clean_poweroff(booted: Guest) -> None:
     assert clean, (
         f"poweroff was not clean: QEMU exit code {booted.record.exitcode}, "
         f"after {booted.record.poweroff_seconds}s"
+        + (f"; stopped by kmatrix: {booted.record.stopped}" if booted.record.stopped else "")
     )

@@ -13,7 +13,8 @@ import re
 import pytest
 from guestlib import (
     HOTPLUG_WAIT,
-    describe_findings,
+    LOADED_TIMEOUT,
+    assert_no_findings,
     find_pci,
     log_mark,
     new_findings,
@@ -31,6 +32,7 @@ from kmatrix import (
     KernelArtifact,
     QemuDevice,
     base_modules,
+    not_applicable,
     qemu_layout,
     require_config,
 )
@@ -74,10 +76,12 @@ def _binding_problems(guest: GuestSession, cell: Cell) -> list[str]:
     return problems
 
 
+@pytest.mark.kmatrix_applies(
+    lambda cell: bool(cell.device.expect_pci),
+    "device profile {cell.device.name} declares no expect_pci",
+)
 def test_expected_pci_devices_bound(guest: GuestSession, cell: Cell) -> None:
     """Every PCI device the profile expects is enumerated and bound to its driver."""
-    if not cell.device.expect_pci:
-        pytest.skip(f"device profile {cell.device.name} declares no expect_pci")
     problems = _binding_problems(guest, cell)
     assert not problems, "; ".join(problems)
 
@@ -102,7 +106,7 @@ def test_modules_unload_reload(guest: GuestSession, booted: Guest, cell: Cell) -
         else:
             cycle.append(mod)
     if not cycle:
-        pytest.skip(
+        not_applicable(
             f"no loadable module to cycle in profile {cell.device.name}: "
             + ("; ".join(left_out) or "it names none")
         )
@@ -118,14 +122,12 @@ for i in $(seq {RELOAD_ROUNDS}); do
 done
 echo "== holders $(ls /sys/module/{mod}/drivers 2>/dev/null | tr '\\n' ' ')"
 """
-        res = guest.run(script, timeout=60)
+        res = guest.run(script, timeout=LOADED_TIMEOUT)
         if res.exit_status != 0:
             failures.append(f"{mod}: {(res.stdout + res.stderr).strip()}")
     findings, _ = new_findings(guest, mark)
     assert not failures, "module reload failed: " + "; ".join(failures)
-    assert not findings, "the kernel logged while modules were cycled:\n" + describe_findings(
-        findings
-    )
+    assert_no_findings(findings, "the kernel logged while modules were cycled")
     problems = _binding_problems(guest, cell)
     assert not problems, "after the reloads: " + "; ".join(problems)
 
@@ -134,11 +136,13 @@ def _devices(cell: Cell, prefix: str) -> list[QemuDevice]:
     return [d for d in qemu_layout(cell.device).devices if d.driver.startswith(prefix)]
 
 
-def test_virtio_rng_yields_bytes(guest: GuestSession, cell: Cell, kernel: KernelArtifact) -> None:
+@pytest.mark.kmatrix_applies(
+    lambda cell: bool(_devices(cell, "virtio-rng")),
+    "device profile {cell.device.name} has no virtio-rng device",
+)
+@pytest.mark.kmatrix_config("HW_RANDOM_VIRTIO")
+def test_virtio_rng_yields_bytes(guest: GuestSession) -> None:
     """/dev/hwrng is served by virtio_rng and returns fresh, non-constant bytes."""
-    if not _devices(cell, "virtio-rng"):
-        pytest.skip(f"device profile {cell.device.name} has no virtio-rng device")
-    require_config(kernel, "HW_RANDOM_VIRTIO")
     current = guest.read_file("/sys/class/misc/hw_random/rng_current").strip()
     assert current.startswith("virtio_rng"), f"rng_current is {current!r}, not virtio_rng.N"
     out = guest.run(
@@ -152,14 +156,17 @@ def test_virtio_rng_yields_bytes(guest: GuestSession, cell: Cell, kernel: Kernel
     assert len(set(out[0])) > 4, f"/dev/hwrng returned a constant pattern: {out[0]}"
 
 
+@pytest.mark.kmatrix_applies(
+    lambda cell: cell.device.scratch_disk is not None,
+    "device profile {cell.device.name} declares no scratch_disk",
+)
 def test_scratch_disk_read_write(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
     """Data written to the scratch disk in the guest reads back in the guest after dropping
     caches, and lands at the same offset of the host file behind the disk."""
     disk = cell.device.scratch_disk
-    if disk is None:
-        pytest.skip(f"device profile {cell.device.name} declares no scratch_disk")
+    assert disk is not None
     if disk.driver.startswith("virtio-blk"):
         require_config(kernel, "VIRTIO_BLK")
     assert booted.scratch_disk is not None
@@ -187,7 +194,7 @@ echo "== read $(dd if=/dev/{dev} bs={bs} skip={offset_blocks} count={blocks} 2>/
     | sha256sum | cut -d' ' -f1)"
 rm -f /tmp/kmx-pattern
 """
-    res = guest.run(script, timeout=60)
+    res = guest.run(script, timeout=LOADED_TIMEOUT)
     assert res.exit_status == 0, f"writing /dev/{dev} failed: {res.stderr}"
     sums = dict(re.findall(r"== (\w+) ([0-9a-f]{64})", res.stdout))
     assert sums.get("wrote") == sums.get("read"), f"read back differs from written: {sums}"
@@ -200,11 +207,13 @@ rm -f /tmp/kmx-pattern
     )
 
 
+@pytest.mark.kmatrix_applies(
+    lambda cell: bool(cell.device.hotplug),
+    "device profile {cell.device.name} names no hotplug device",
+)
 def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -> None:
     """Each device the profile marks hot-pluggable is removed with QMP device_del (the guest
     ejects it) and added back with device_add; its driver binds again."""
-    if not cell.device.hotplug:
-        pytest.skip(f"device profile {cell.device.name} names no hotplug device")
     assert booted.machine is not None
     mark = log_mark(guest)
     by_id = {d.id: d for d in qemu_layout(cell.device).devices}
@@ -235,4 +244,4 @@ def test_pci_hot_unplug_replug(guest: GuestSession, booted: Guest, cell: Cell) -
                 f"{qid}'s virtio function is bound to {again!r} after re-plug, was {child_before!r}"
             )
     findings, _ = new_findings(guest, mark)
-    assert not findings, "the kernel logged during hot-(un)plug:\n" + describe_findings(findings)
+    assert_no_findings(findings, "the kernel logged during hot-(un)plug")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from guestlib import (
     HOTPLUG_WAIT,
-    describe_findings,
+    assert_no_findings,
     find_pci,
     log_mark,
     new_findings,
@@ -37,7 +37,6 @@ from kmatrix import (
     fmt_size,
     needs_tools,
     qemu_layout,
-    require_config,
 )
 
 pytestmark = pytest.mark.driver
@@ -56,9 +55,22 @@ _PCI_RESOURCE_FAILURE = re.compile(
 )
 
 
+# Which cells each test applies to, decided at collection: elsewhere "not applicable".
+HAS_STUBS = pytest.mark.kmatrix_applies(
+    lambda cell: cell.device.gpu_stubs is not None,
+    "device profile {cell.device.name} declares no gpu_stubs",
+)
+
+
+def _virtio_gpu(cell: Cell, vga: bool = True) -> bool:
+    return any(
+        d.driver.startswith("virtio-gpu") or (vga and d.driver == "virtio-vga")
+        for d in qemu_layout(cell.device).devices
+    )
+
+
 def _stubs(cell: Cell) -> tuple[GpuStub, ...]:
-    if cell.device.gpu_stubs is None:
-        pytest.skip(f"device profile {cell.device.name} declares no gpu_stubs")
+    assert cell.device.gpu_stubs is not None  # HAS_STUBS
     return cell.device.gpu_stubs.stubs
 
 
@@ -95,6 +107,7 @@ def test_pci_resources_assigned(guest: GuestSession, booted: Guest, cell: Cell) 
     assert not failures, "PCI resources left unassigned:\n" + "\n".join(failures)
 
 
+@HAS_STUBS
 def test_gpu_stub_bars_as_declared(guest: GuestSession, booted: Guest, cell: Cell) -> None:
     """Each stub's BAR 2 is 64-bit prefetchable memory of the declared size, assigned above
     4 GiB (inside the 64-bit window), as the guest kernel sees it."""
@@ -120,15 +133,17 @@ def test_gpu_stub_bars_as_declared(guest: GuestSession, booted: Guest, cell: Cel
     assert not problems, "; ".join(problems)
 
 
+@HAS_STUBS
+@pytest.mark.kmatrix_applies(
+    lambda cell: cell.device.iommu != "none", "device profile {cell.device.name} has no IOMMU"
+)
+@pytest.mark.kmatrix_config("INTEL_IOMMU", "IOMMU_SUPPORT")
 def test_gpu_stub_iommu_groups(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
     """The emulated IOMMU is on and each stub sits alone in its IOMMU group (what VFIO needs
     to hand a device to one owner)."""
     stubs = _stubs(cell)
-    if cell.device.iommu == "none":
-        pytest.skip(f"device profile {cell.device.name} has no IOMMU")
-    require_config(kernel, "INTEL_IOMMU", "IOMMU_SUPPORT")
     where = _addresses(booted, stubs)
     listing = guest.run(
         "for g in /sys/kernel/iommu_groups/*; do "
@@ -149,13 +164,16 @@ def test_gpu_stub_iommu_groups(
     assert not problems, "; ".join(problems) + "\nIOMMU groups:\n" + listing
 
 
+@HAS_STUBS
+@pytest.mark.kmatrix_applies(
+    lambda cell: bool(cell.device.numa_nodes),
+    "device profile {cell.device.name} declares no NUMA nodes",
+)
 def test_gpu_stub_numa_nodes(guest: GuestSession, booted: Guest, cell: Cell) -> None:
     """The guest has the declared NUMA nodes and reports each stub on the node of its PCIe
     expander bridge."""
     stubs = _stubs(cell)
     nodes = cell.device.numa_nodes
-    if not nodes:
-        pytest.skip(f"device profile {cell.device.name} declares no NUMA nodes")
     online = guest.read_file("/sys/devices/system/node/online").strip()
     assert online == f"0-{nodes - 1}", f"NUMA nodes online: {online!r}, declared {nodes}"
     where = _addresses(booted, stubs)
@@ -207,6 +225,12 @@ def _vfio_probe(guest: GuestSession, addr: str, stub: GpuStub) -> None:
 
 
 @needs_tools
+@HAS_STUBS
+@pytest.mark.kmatrix_applies(
+    lambda cell: cell.device.gpu_stubs is not None and cell.device.gpu_stubs.vfio,
+    "device profile {cell.device.name} sets gpu_stubs.vfio: false",
+)
+@pytest.mark.kmatrix_config("VFIO", "VFIO_PCI", "VFIO_IOMMU_TYPE1", "INTEL_IOMMU")
 def test_gpu_stub_vfio_bind_open_rebind(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
@@ -214,10 +238,6 @@ def test_gpu_stub_vfio_bind_open_rebind(
     process opens it (container, type-1 IOMMU, device, BAR mmap, DMA map), and the device
     unbinds and rebinds cleanly, with nothing new in the kernel log."""
     stubs = _stubs(cell)
-    assert cell.device.gpu_stubs is not None
-    if not cell.device.gpu_stubs.vfio:
-        pytest.skip(f"device profile {cell.device.name} sets gpu_stubs.vfio: false")
-    require_config(kernel, "VFIO", "VFIO_PCI", "VFIO_IOMMU_TYPE1", "INTEL_IOMMU")
     where = _addresses(booted, stubs)
     mark = log_mark(guest)
     for s in stubs:
@@ -234,17 +254,18 @@ def test_gpu_stub_vfio_bind_open_rebind(
         assert _bind_vfio(guest, addr) == group
         _vfio_probe(guest, addr, s)
     findings, _ = new_findings(guest, mark)
-    assert not findings, "the kernel logged during VFIO use:\n" + describe_findings(findings)
+    assert_no_findings(findings, "the kernel logged during VFIO use")
 
 
 @needs_tools
+@HAS_STUBS
+@pytest.mark.kmatrix_config("HOTPLUG_PCI_PCIE")
 def test_gpu_stub_hot_unplug_replug(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
     """The first stub leaves through QMP device_del (the guest ejects it via PCIe native
     hot-plug) and comes back with device_add: same BAR, and it binds to vfio-pci again."""
     stubs = _stubs(cell)
-    require_config(kernel, "HOTPLUG_PCI_PCIE")
     s = stubs[0]
     addr = _addresses(booted, (s,))[s.id]
     sysfs = f"/sys/bus/pci/devices/{addr}"
@@ -278,7 +299,7 @@ def test_gpu_stub_hot_unplug_replug(
         _bind_vfio(guest, addr)
         _vfio_probe(guest, addr, s)
     findings, _ = new_findings(guest, mark)
-    assert not findings, "the kernel logged during hot-(un)plug:\n" + describe_findings(findings)
+    assert_no_findings(findings, "the kernel logged during hot-(un)plug")
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -287,17 +308,13 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.kmatrix_applies(_virtio_gpu, "device profile {cell.device.name} has no virtio GPU")
+@pytest.mark.kmatrix_config("DRM_VIRTIO_GPU")
 def test_virtio_gpu_drm_and_screendump(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
     """virtio_gpu binds as a DRM driver (/dev/dri/card0 and a render node appear) and QEMU's
     screendump of the guest display is saved with the cell's artefacts."""
-    if not any(
-        d.driver.startswith("virtio-gpu") or d.driver == "virtio-vga"
-        for d in qemu_layout(cell.device).devices
-    ):
-        pytest.skip(f"device profile {cell.device.name} has no virtio GPU")
-    require_config(kernel, "DRM_VIRTIO_GPU")
     out = guest.run(
         "ls /dev/dri 2>/dev/null | tr '\\n' ' '; echo; "
         # card0's device is the virtio-pci function; the DRM driver binds its virtio child.
@@ -326,15 +343,17 @@ def _ppm(data: bytes) -> tuple[int, int, bytes]:
     return int(fields[1]), int(fields[2]), fields[4]
 
 
+@pytest.mark.kmatrix_applies(
+    lambda cell: _virtio_gpu(cell, vga=False),
+    "device profile {cell.device.name} has no virtio-gpu device",
+)
+@pytest.mark.kmatrix_config("DRM_VIRTIO_GPU", "DRM_FBDEV_EMULATION")
 def test_virtio_gpu_frame_reaches_the_display(
     guest: GuestSession, booted: Guest, cell: Cell, kernel: KernelArtifact
 ) -> None:
     """A frame written by the guest (all white, through the DRM driver's fbdev emulation)
     reaches QEMU's display: the host's screendump has the guest's mode size and is white.
     Proves the guest-to-host transfer path of the GPU, not just the driver's probe."""
-    if not any(d.driver.startswith("virtio-gpu") for d in qemu_layout(cell.device).devices):
-        pytest.skip(f"device profile {cell.device.name} has no virtio GPU")
-    require_config(kernel, "DRM_VIRTIO_GPU", "DRM_FBDEV_EMULATION")
     geometry = guest.run(
         "echo 0 > /sys/class/graphics/fbcon/cursor_blink 2>/dev/null; "
         "cat /sys/class/graphics/fb0/virtual_size /sys/class/graphics/fb0/bits_per_pixel"

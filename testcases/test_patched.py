@@ -1,8 +1,9 @@
 """The kmx-demo patch series (patches/kmx-demo), checked in the booted guest: each patch that
 the kernel's build applied (or found already in its source) must show its effect.
 
-Kernels not built from source with that series skip every test here, saying why; so does a
-patch a build left out (`skip:` in the matrix). See matrix/patched.yaml.
+These tests are not applicable to kernels not built from source with that series (decided at
+collection: such a cell never boots for them), nor to a patch the build left out (`skip:` in
+the matrix) or could not apply. See matrix/patched.yaml.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import warnings
 
 import pytest
 
-from kmatrix import GuestSession, KernelArtifact, require_config
+from kmatrix import Cell, GuestSession, KernelArtifact, not_applicable
 
 SERIES = "kmx-demo"
 BANNER = "0001-init-print-a-kmx-demo-banner.patch"
@@ -21,18 +22,33 @@ BASE_SLICE = "0004-sched-fair-raise-the-default-base-slice-to-1-ms.patch"
 HAS_IT = ("clean", "offset", "fuzz", "already-applied")
 
 
+def _built_with_series(cell: Cell) -> bool:
+    build = cell.kernel.build
+    return build is not None and build.patches is not None and build.patches.name == SERIES
+
+
+# Applicability, from the matrix (decided at collection): the series' tests apply to kernels
+# built from source with it; the config check to any kernel built from source.
+WITH_SERIES = pytest.mark.kmatrix_applies(
+    _built_with_series, "{cell.kernel.name} is not built from source with the " + SERIES + " series"
+)
+FROM_SOURCE = pytest.mark.kmatrix_applies(
+    lambda cell: cell.kernel.build is not None, "{cell.kernel.name} is not built from source"
+)
+
+
 def require_patch(kernel: KernelArtifact, patch: str) -> str:
-    """Skips unless the kernel was built with patch (applied, or already in the source)."""
-    if kernel.build is None:
-        pytest.skip(f"{kernel.name} is not built from source with the {SERIES} series")
+    """Not applicable unless the build has patch (applied, or already in the source)."""
+    assert kernel.build is not None  # WITH_SERIES
     statuses = {p.patch: p.status for p in kernel.build.patches}
     if patch not in statuses:
-        pytest.skip(f"{kernel.name} is not built with {patch} of the {SERIES} series")
+        not_applicable(f"{kernel.name} is not built with {patch} of the {SERIES} series")
     if statuses[patch] not in HAS_IT:
-        pytest.skip(f"{kernel.name}: {patch} is {statuses[patch]} in this build")
+        not_applicable(f"{kernel.name}: {patch} is {statuses[patch]} in this build")
     return statuses[patch]
 
 
+@WITH_SERIES
 def test_banner_printed(guest: GuestSession, kernel: KernelArtifact) -> None:
     require_patch(kernel, BANNER)
     lines = [ln for ln in guest.dmesg().splitlines() if "kmx-demo: patched kernel" in ln]
@@ -40,6 +56,7 @@ def test_banner_printed(guest: GuestSession, kernel: KernelArtifact) -> None:
     assert "series kmx-demo v1" in lines[0]
 
 
+@WITH_SERIES
 def test_new_sysctl(guest: GuestSession, kernel: KernelArtifact) -> None:
     require_patch(kernel, SYSCTL)
     path = "/proc/sys/kernel/kmx_demo_answer"
@@ -53,6 +70,7 @@ def test_new_sysctl(guest: GuestSession, kernel: KernelArtifact) -> None:
     guest.write_file(path, "42\n")
 
 
+@WITH_SERIES
 def test_kthread_flag_in_status(guest: GuestSession, kernel: KernelArtifact) -> None:
     status = require_patch(kernel, KTHREAD)
     own = guest.read_file("/proc/self/status")
@@ -72,9 +90,10 @@ def _scaling_factor(mode: int, ncpus: int) -> int:
     return 1 + (cpus.bit_length() - 1)  # SCHED_TUNABLESCALING_LOG: 1 + ilog2(cpus)
 
 
+@WITH_SERIES
+@pytest.mark.kmatrix_config("SCHED_DEBUG", "DEBUG_FS")
 def test_base_slice_default(guest: GuestSession, kernel: KernelArtifact) -> None:
     require_patch(kernel, BASE_SLICE)
-    require_config(kernel, "SCHED_DEBUG", "DEBUG_FS")
     base = int(guest.read_file("/sys/kernel/debug/sched/base_slice_ns"))
     mode = int(guest.read_file("/sys/kernel/debug/sched/tunable_scaling"))
     ncpus = int(guest.run("nproc", check=True).stdout)
@@ -85,11 +104,11 @@ def test_base_slice_default(guest: GuestSession, kernel: KernelArtifact) -> None
     )
 
 
+@FROM_SOURCE
 def test_build_config_kept(kernel: KernelArtifact, record_property: object) -> None:
     """Options our own fragments ask for must survive olddefconfig; in-tree fragments
     (tree:...) are generic and may ask for options of other architectures: a warning."""
-    if kernel.build is None:
-        pytest.skip(f"{kernel.name} is not built from source")
+    assert kernel.build is not None  # FROM_SOURCE
     dropped = kernel.build.dropped
     if callable(record_property):
         record_property(

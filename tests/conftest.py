@@ -21,6 +21,7 @@ import pytest
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.guest.guest import Guest
 from kmatrix.kernels import load_matrix
+from kmatrix.results.rundirs import run_dirs
 
 collect_ignore = ["data"]  # tests/data/faultcases are run by tests/test_faults.py, via the plugin
 
@@ -119,7 +120,7 @@ def _boots_only_when_marked(
 
 
 class JunitCase(NamedTuple):
-    outcome: str  # passed | failure | error | skipped | xfailed
+    outcome: str  # passed | failure | error | skipped | xfailed | not_applicable | known
     message: str  # the failure/error/skip element's message attribute and text
     properties: dict[str, str]
 
@@ -137,6 +138,11 @@ def junit_cases(junit: Path) -> dict[str, JunitCase]:
                 if child.tag == "skipped" and child.get("type") == "pytest.xfail":
                     outcome = "xfailed"
         props = {p.get("name", ""): p.get("value", "") for p in tc.iter("property")}
+        # pytest's JUnit has skips and xfails only; kmatrix's properties say which.
+        if outcome == "skipped" and "kmatrix.not_applicable" in props:
+            outcome = "not_applicable"
+        elif outcome == "xfailed" and "kmatrix.known" in props:
+            outcome = "known"
         out[str(tc.get("name"))] = JunitCase(outcome, message, props)
     return out
 
@@ -175,7 +181,7 @@ def kmatrix_pytest_argv(
     xml = [f"--junitxml={junit}", "-o", "junit_family=xunit1"] if junit else []
     return [
         sys.executable, "-m", "pytest", *map(str, tests), "-p", "kmatrix",
-        f"--kmatrix-matrix={matrix}", f"--kmatrix-reports={reports}", *xml,
+        f"--kmatrix-matrix={matrix}", f"--kmatrix-run-dir={reports}", *xml,
         "-p", "no:cacheprovider", *args,
     ]  # fmt: skip
 
@@ -188,11 +194,13 @@ def child_env(tmpdir: Path | None = None) -> dict[str, str]:
 def run_kmatrix_pytest(
     tests: Sequence[str | Path], reports: Path, *args: str, matrix: Path = TWO,
     junit: Path | None = None, tmpdir: Path | None = None, timeout: float = 900,
+    env: dict[str, str] | None = None,
 ) -> KmatrixRun:  # fmt: skip
     argv = kmatrix_pytest_argv(tests, reports, *args, matrix=matrix, junit=junit)
     p = subprocess.run(
-        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(tmpdir)
-    )
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**child_env(tmpdir), **(env or {})},
+    )  # fmt: skip
     return KmatrixRun(p, reports, junit)
 
 
@@ -209,6 +217,13 @@ def started(argv: list[str], tmpdir: Path) -> Iterator[subprocess.Popen[bytes]]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def only_run(root: Path) -> Path:
+    """The one run directory a run left under a reports root."""
+    dirs = run_dirs(root)
+    assert len(dirs) == 1, f"run directories under {root}: {dirs}"
+    return dirs[0]
 
 
 def two_with(dest: Path, *replace: tuple[str, str]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,12 @@ def make_run(
     console: dict[str, str] | None = None,
     interrupted: bool = False,
     messages: dict[tuple[str, str], str] | None = None,
+    test_findings: dict[tuple[str, str], list[tuple[str, str]]] | None = None,
     **run_facts: Any,
 ) -> Path:
     """Writes root/results.json (+ console logs); outcomes default to passed.
-    Keys of outcomes/metrics/messages are (cell id, test name); run_facts go into the "run"
+    Keys of outcomes/metrics/messages/test_findings are (cell id, test name); test_findings
+    are the (kind, title) of the kernel reports a test failed on; run_facts go into the "run"
     section (e.g. shard, planned_cells)."""
     outcomes = outcomes or {}
     root.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,10 @@ def make_run(
             o = Outcome.named(name)
             outs.append(o)
             msg = (messages or {}).get((cid, t), "")
+            props = {"kmatrix.cell": cid}
+            if (cid, t) in (test_findings or {}):
+                found = (test_findings or {})[(cid, t)]
+                props["kmatrix.findings"] = json.dumps([{"kind": k, "title": x} for k, x in found])
             if o.failing and not msg:
                 msg = f"AssertionError: {t} broke in {cid}"
             results.append(
@@ -89,7 +96,7 @@ def make_run(
                     if msg
                     else "",
                     metrics=(metrics or {}).get((cid, t), {}),
-                    properties={"kmatrix.cell": cid},
+                    properties=props,
                 )
             )
         cell_entries.append(

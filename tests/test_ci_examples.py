@@ -67,7 +67,7 @@ def synthetic_shards(dirs: dict[int, Path], total: int) -> None:
 
 
 def check_shard_argv(argv: list[str], i: int, n: int, reports: str) -> None:
-    assert argv[:4] == ["run", "--reports", reports, "--"], argv
+    assert argv[:4] == ["run", "--run-dir", reports, "--"], argv
     spec = argv[argv.index("--kmatrix-shard") + 1]
     assert parse_spec(spec) == (i, n), spec
 

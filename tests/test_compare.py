@@ -11,7 +11,7 @@ import pytest
 from synthetic import cell_id, make_run, warn_finding
 
 from kmatrix.cli.main import main
-from kmatrix.results.compare import Comparison, compare_runs, mann_whitney_p
+from kmatrix.results.compare import Comparison, compare_runs, mann_whitney_p, render_text
 from kmatrix.results.known_issues import load_known_issues
 from kmatrix.results.runs import load_run, load_runs
 
@@ -181,6 +181,40 @@ def test_flaky_base_does_not_hide_and_is_marked(tmp_path: Path) -> None:
     assert by[(B, "test_online_cpus")].base == ["passed", "passed"]
 
 
+def test_flaky_is_neither_a_new_failure_nor_fixed_and_has_a_flake_rate(tmp_path: Path) -> None:
+    b1 = make_run(tmp_path / "b1", outcomes={(A, "test_online_cpus"): "failed"})
+    b2 = make_run(tmp_path / "b2", outcomes={(B, "test_online_cpus"): "flaky"})
+    n1 = make_run(
+        tmp_path / "n1",
+        outcomes={(A, "test_online_cpus"): "flaky", (B, "test_online_cpus"): "flaky"},
+    )
+    n2 = make_run(tmp_path / "n2", outcomes={(C, "test_kernel_log_clean"): "flaky"})
+    c = compare_runs(load_runs([b1, b2]), load_runs([n1, n2]))
+    by = {(t.cell, t.name): t for t in c.tests}
+    a, b = by[(A, "test_online_cpus")], by[(B, "test_online_cpus")]
+    assert a.verdict == "flaky"  # it failed in BASE: not "fixed"
+    assert b.verdict == "flaky" and (b.flaky_runs, b.flake_rate) == (2, 0.5)
+    assert by[(C, "test_kernel_log_clean")].verdict == "flaky"  # passed in BASE: no new failure
+    assert not c.regressions
+    text = render_text(c)
+    assert "flaky in 2 of 4 run(s) (50%)" in text and "flaky (failed, then passed" in text
+    rates = {(t["cell"], t["name"]): t["flake_rate"] for t in c.to_dict()["tests"]}
+    assert rates[(B, "test_online_cpus")] == 0.5
+
+
+def test_known_during_the_run_is_not_a_regression(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    new = make_run(tmp_path / "new", outcomes={(C, "test_kernel_log_clean"): "known"})
+    doc = json.loads((new / "results.json").read_text())
+    for r in doc["results"]:
+        if r["outcome"] == "known":
+            r["properties"]["kmatrix.known"] = json.dumps([{"id": "drm-mm", "url": ""}])
+    (new / "results.json").write_text(json.dumps(doc))
+    c = compare_runs([load_run(base)], [load_run(new)])
+    (t,) = [t for t in c.tests if t.verdict != "unchanged"]
+    assert (t.verdict, t.known_issue) == ("known", "drm-mm") and not c.regressions
+
+
 def test_new_failing_test_is_a_regression(tmp_path: Path) -> None:
     base = make_run(tmp_path / "base", outcomes={(A, "test_online_cpus"): "absent"})
     new = make_run(tmp_path / "new", outcomes={(A, "test_online_cpus"): "failed"})
@@ -201,6 +235,9 @@ issues:
 """
 
 
+DRM_WARN = ("warning", "WARNING in drm_atomic_commit")
+
+
 def test_known_issue_turns_a_new_failure_into_known(tmp_path: Path) -> None:
     known_file = tmp_path / "known.yaml"
     known_file.write_text(KNOWN)
@@ -215,7 +252,9 @@ def test_known_issue_turns_a_new_failure_into_known(tmp_path: Path) -> None:
         },
         findings={A: [warn_finding()], C: [warn_finding()], B: [warn_finding()]},
         messages={(A, "test_kernel_log_clean"): msg, (C, "test_kernel_log_clean"): msg},
-    )
+        test_findings={(c, t): [DRM_WARN] for c, t in ((A, "test_kernel_log_clean"),
+                                                       (C, "test_kernel_log_clean"))},
+    )  # fmt: skip
     known = load_known_issues(known_file)
     c = compare_runs([load_run(base)], [load_run(new)], known)
     got = {

@@ -23,6 +23,7 @@ from conftest import (
     KmatrixRun,
     junit_cases,
     kmatrix_pytest_argv,
+    only_run,
     qemu_left_after,
     qemu_pids,
     run_kmatrix_pytest,
@@ -328,8 +329,9 @@ def test_sigterm_to_kmatrix_run_stops_the_run(
         assert left == [], f"QEMU {left} still ran 10 s after the signal"
         assert p.wait(timeout=120) != 0  # only a hang fails this, not a slow machine
     assert qemu_pids(mine) == []
-    doc = json.loads((reports / "results.json").read_text())
+    doc = json.loads((only_run(reports) / "results.json").read_text())
     assert doc["run"]["interrupted"] is True
+    assert not (reports / "latest").exists()  # an interrupted run is not the latest complete one
     if workers == "1":
         # The second cell never started: the run stopped instead of carrying on.
         assert all(r["cell"] == "deb-6.1-cloud/Nehalem/virtio" for r in doc["results"]), doc[

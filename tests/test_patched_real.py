@@ -94,7 +94,7 @@ def test_patched_matrix_boots_and_passes(built: None, tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "pytest", str(ROOT / "testcases/test_boot.py"),
         str(ROOT / "testcases/test_patched.py"), "-p", "kmatrix",
-        f"--kmatrix-matrix={MATRIX}", f"--kmatrix-reports={tmp_path / 'reports'}",
+        f"--kmatrix-matrix={MATRIX}", f"--kmatrix-run-dir={tmp_path / 'reports'}",
         "--kmatrix-accel=tcg", f"--junitxml={junit}", "-p", "no:cacheprovider", "-rA",
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)

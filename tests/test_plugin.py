@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, TWO, KmatrixRun, kernel_args_61, run_kmatrix_pytest, two_with
+from kmatrix.results.rundirs import run_dirs
 
 
 def run_pytest(tmp_path: Path, *args: str, matrix: Path = TWO) -> KmatrixRun:
@@ -125,3 +128,42 @@ def test_qemu_start_failure_is_an_error_retried_and_recorded(tmp_path: Path) -> 
         (run.reports / "cells" / "deb-6.12-cloud__Haswell__broken" / "boot.json").read_text()
     )
     assert len(record["attempts"]) == 2, record
+
+
+@pytest.mark.boot
+def test_runs_keep_their_own_directories(tmp_path: Path) -> None:
+    """Two runs into one reports root: two run directories, `latest` on the second; then
+    collection alone, a run of nothing and a partial (-k) run leave that record as it is."""
+    root = tmp_path / "root"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pytest", str(ROOT / "testcases" / "test_boot.py"),
+                "-p", "kmatrix", f"--kmatrix-matrix={TWO}", f"--kmatrix-reports={root}",
+                "--kmatrix-pytest-junit", "-p", "no:cacheprovider", *args]  # fmt: skip
+        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+    selection = "Nehalem and (userspace or release)"
+    for _ in range(2):
+        p = run("-k", selection)
+        assert p.returncode == 0, p.stdout[-3000:]
+    first, second = run_dirs(root)
+    assert (root / "latest").resolve() == second.resolve()
+    for d in (first, second):
+        assert {"results.json", "junit.xml", "junit-cells.xml", "index.html", "cells"} <= {
+            f.name for f in d.iterdir()
+        }
+    before = {f: f.stat().st_mtime_ns for f in root.rglob("*") if f.is_file()}
+
+    p = run("-k", "sched", "--collect-only", "-q")
+    assert p.returncode == 0 or p.returncode == 5, p.stdout[-2000:]
+    p = run("-k", "no-such-test")
+    assert p.returncode == 5 and "kmatrix: no test ran: nothing recorded" in p.stdout, p.stdout
+    p = run("-k", "Nehalem and userspace")
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "left as it was: it ran 1 of the 2 tests of" in p.stdout, p.stdout[-2000:]
+
+    third = run_dirs(root)[-1]
+    assert run_dirs(root) == [first, second, third]  # nothing added but the -k run's own
+    assert (root / "latest").resolve() == second.resolve()
+    after = {f: f.stat().st_mtime_ns for f in root.rglob("*") if f.is_file()}
+    assert {f: t for f, t in after.items() if f in before} == before  # nothing rewritten

@@ -83,7 +83,7 @@ def test_build_failures_and_expectations(tmp_path: Path) -> None:
             "-p",
             "kmatrix",
             f"--kmatrix-matrix={matrix}",
-            f"--kmatrix-reports={tmp_path / 'reports'}",
+            f"--kmatrix-run-dir={tmp_path / 'reports'}",
             f"--junitxml={junit}",
             "-p",
             "no:cacheprovider",

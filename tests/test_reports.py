@@ -10,7 +10,7 @@ from pathlib import Path
 
 import kcidb_io
 import pytest
-from synthetic import cell_id, make_run, warn_finding
+from synthetic import CELLS, TESTS, cell_id, make_run, warn_finding
 
 from kmatrix.cli.main import main
 from kmatrix.errors import InputError
@@ -38,6 +38,7 @@ def mixed(tmp_path: Path) -> Path:
             (C, "test_userspace_reached"): "skipped",
         },
         findings={A: [warn_finding()]},
+        test_findings={(A, "test_online_cpus"): [("warning", "WARNING in drm_atomic_commit")]},
         metrics={(C, "test_online_cpus"): {"hackbench_seconds": 1.5}},
         console={A: "booting\x1b[0m \x00 bell\x07 done\n"},  # bytes XML 1.0 cannot carry
     )
@@ -226,6 +227,7 @@ def test_html_baseline_view_known_status_and_plots(tmp_path: Path) -> None:
         outcomes={(A, "test_kernel_log_clean"): "failed", (B, "test_online_cpus"): "failed"},
         findings={A: [warn_finding()]},
         messages={(A, "test_kernel_log_clean"): msg},
+        test_findings={(A, "test_kernel_log_clean"): [("warning", "WARNING in drm_atomic_commit")]},
         boot={A: 3.5, B: 4.5, C: 5.5},
         metrics={(C, "test_online_cpus"): {"latency_us": 42.0}},
     )
@@ -268,7 +270,7 @@ def test_console_is_capped_with_a_marker(tmp_path: Path) -> None:
 def test_kcidb_export_validates_and_maps_outcomes(mixed: Path, tmp_path: Path) -> None:
     known_file = tmp_path / "known.yaml"
     known_file.write_text(
-        "issues:\n  - id: cpus\n    title: 'test_online_cpus broke'\n"
+        "issues:\n  - id: drm-warn\n    kind: warning\n    title: '^WARNING in drm_'\n"
         "    url: https://bugs.example.org/2\n"
     )
     doc = kcidb.export(
@@ -294,7 +296,7 @@ def test_kcidb_export_validates_and_maps_outcomes(mixed: Path, tmp_path: Path) -
     assert by_path[(A, "boot")]["number"] == {"value": 3.0, "unit": "s", "prefix": "metric"}
     assert str(by_path[(A, "boot")]["log_url"]).endswith("/console.log")
     assert len({t["id"] for t in doc["tests"]}) == len(doc["tests"])
-    assert [i["id"] for i in doc["issues"]] == ["kmatrix_ci:cpus"]
+    assert [i["id"] for i in doc["issues"]] == ["kmatrix_ci:drm-warn"]
     assert [x["test_id"] for x in doc["incidents"]] == [
         by_path[(A, "kmatrix.boot.online_cpus")]["id"]
     ]
@@ -341,3 +343,74 @@ def test_report_command_with_baseline_and_bad_known_issues(
     for name in ("index.html", "summary.md", "junit-cells.xml", "kcidb.json", "compare.json"):
         assert (mixed / name).is_file(), name
     assert json.loads((mixed / "compare.json").read_text())["regression"] is True
+
+
+# --- outcomes decided during the run ----------------------------------------------------------
+
+
+def with_properties(run: Path, props: dict[tuple[str, str], dict[str, str]]) -> Path:
+    doc = json.loads((run / "results.json").read_text())
+    for r in doc["results"]:
+        r["properties"].update(props.get((r["cell"], r["test"].split("::")[-1]), {}))
+    (run / "results.json").write_text(json.dumps(doc))
+    return run
+
+
+def test_flaky_known_and_not_applicable_in_every_report(tmp_path: Path) -> None:
+    drm = {"kind": "warning", "title": "WARNING in drm_mm_takedown"}
+    run = with_properties(
+        make_run(
+            tmp_path / "r",
+            outcomes={
+                (A, "test_online_cpus"): "flaky",
+                (B, "test_online_cpus"): "known",
+                (C, "test_userspace_reached"): "not_applicable",
+            },
+        ),
+        {
+            (A, "test_online_cpus"): {
+                "kmatrix.attempts": "2",
+                "kmatrix.flaky": json.dumps([{"message": "assert 1 == 2", "clean": "restored"}]),
+            },
+            (B, "test_online_cpus"): {
+                "kmatrix.known": json.dumps([{"id": "drm-mm", "url": "", **drm}]),
+                "kmatrix.findings": json.dumps([{**drm, "known": "drm-mm", "url": ""}]),
+            },
+            (C, "test_userspace_reached"): {"kmatrix.not_applicable": "no IOMMU"},
+        },
+    )
+    known_file = tmp_path / "known.yaml"
+    known_file.write_text("issues:\n  - {id: drm-mm, kind: warning, title: '^WARNING in drm_mm'}\n")
+    known = load_known_issues(known_file)
+    r = load_run(run)
+    text = report_md.render(r, known)
+    assert text.startswith("## 🔁 kmatrix")  # nothing failed; a test was flaky
+    assert "### Flaky and known (2)" in text
+    assert "flaky: failed 1 of 2 attempts, then passed; assert 1 == 2" in text
+    assert "known: drm-mm (warning: WARNING in drm_mm_takedown)" in text
+    cases = {
+        (tc.get("name"), s.get("name")): tc
+        for s in ET.fromstring(junit_cells.render(r, known)).iter("testsuite")
+        for tc in s.iter("testcase")
+    }
+    flaky = cases[(f"test_online_cpus[{A}]", A)]
+    assert flaky.find("failure") is None and "flaky:" in str(flaky.findtext("system-out"))
+    skipped = cases[(f"test_online_cpus[{B}]", B)].find("skipped")
+    assert skipped is not None and skipped.get("message", "").startswith("known: drm-mm")
+    na = cases[(f"test_userspace_reached[{C}]", C)].find("skipped")
+    assert na is not None and na.get("message") == "not applicable: no IOMMU"
+    doc = kcidb.export(r, origin="kmatrix_ci", known=known)
+    status = {(t["misc"]["cell"], t["misc"]["outcome"]): t["status"]
+              for t in doc["tests"] if "outcome" in t.get("misc", {})}  # fmt: skip
+    assert status[(A, "flaky")] == "PASS" and status[(B, "known")] == "FAIL"
+    assert status[(C, "not_applicable")] == "SKIP"
+    assert [i["id"] for i in doc["issues"]] == ["kmatrix_ci:drm-mm"]
+
+
+def test_a_run_that_measured_nothing_is_not_green(tmp_path: Path) -> None:
+    everything = {(cell_id(*c), t): "not_applicable" for c in CELLS for t in TESTS}
+    everything[(A, "test_online_cpus")] = "skipped"
+    r = load_run(make_run(tmp_path / "r", outcomes=everything))
+    text = report_md.render(r)
+    assert text.startswith("## ⚠️ kmatrix") and "No test measured anything" in text
+    assert "No test measured anything" in report_html.render(r)

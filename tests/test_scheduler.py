@@ -21,6 +21,7 @@ from synthetic import write_results
 from conftest import DATA
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
+from kmatrix.pytest.rundir import RUN_DIRS_KEY, RunDirs
 from kmatrix.pytest.scheduler import CellScheduling, expected_workers, pytest_xdist_make_scheduler
 from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY
 from kmatrix.results.shard import longest_first
@@ -205,11 +206,12 @@ def test_expected_workers_from_tx_specs() -> None:
 
 def hook_scheduler(tmp_path: Path, results: list[tuple[str, str, float]] | None) -> CellScheduling:
     """The scheduler the plugin's hook makes for two workers on the two-cell matrix, with
-    `results` as the last run's results.json in the reports directory."""
-    reports = tmp_path / "reports"
-    reports.mkdir(exist_ok=True)
+    `results` as an earlier run's results.json under the reports root."""
+    root = tmp_path / "reports"
+    earlier = root / "20261130-010000"
+    earlier.mkdir(parents=True, exist_ok=True)
     if results is not None:
-        write_results(reports / "results.json", results)
+        write_results(earlier / "results.json", results)
     opts = {"dist": "loadscope", "kmatrix_durations": None, "tx": ["2*popen"]}
     config = SimpleNamespace(
         stash=pytest.Stash(),
@@ -218,7 +220,8 @@ def hook_scheduler(tmp_path: Path, results: list[tuple[str, str, float]] | None)
         getvalue=opts.__getitem__,
     )
     config.stash[MATRIX_KEY] = TWO
-    config.stash[POOL_KEY] = CellPool(reports, None, True)
+    config.stash[POOL_KEY] = CellPool(root / "20261130-020000", None, True)
+    config.stash[RUN_DIRS_KEY] = RunDirs(root, root / "20261130-020000")
     sched = pytest_xdist_make_scheduler(cast(pytest.Config, config), None)
     assert sched is not None
     return sched
@@ -250,7 +253,7 @@ def test_xdist_hands_out_the_longest_cells_first(tmp_path: Path) -> None:
         return [cell_of(collection[n.sent[0][0]]) for n in nodes]
 
     assert first_cells(None) == [FIRST, SECOND]  # no record: collection order
-    # The last run's results.json in the reports directory says the second cell is longer.
+    # The history of the runs in the reports root says the second cell is longer.
     recorded = [
         (c, f"testcases/test_boot.py::test_{t}[{c}]", d)
         for c, d in ((FIRST, 2.0), (SECOND, 5.0))

@@ -142,15 +142,18 @@ def test_collector_keeps_only_finite_metrics() -> None:
 
 def test_outcomes_say_what_they_count_as() -> None:
     assert [o.value for o in Outcome] == [
-        "passed", "failed", "error", "skipped", "xfailed", "xpassed"
+        "passed", "failed", "error", "skipped", "xfailed", "xpassed", "flaky", "known",
+        "not_applicable",
     ]  # fmt: skip
     assert {o for o in Outcome if o.failing} == {Outcome.FAILED, Outcome.ERROR}
     assert {o for o in Outcome if o.notable} == {Outcome.FAILED, Outcome.ERROR, Outcome.XPASSED}
     assert {o.junit for o in Outcome} == {"", "failure", "error", "skipped"}
     assert {o.kcidb for o in Outcome} <= {"PASS", "FAIL", "ERROR", "SKIP"}
     assert Outcome.named("xfailed") is Outcome.XFAILED
-    with pytest.raises(ValueError, match="unknown outcome 'flaky'"):
-        Outcome.named("flaky")
+    assert not Outcome.NOT_APPLICABLE.measured and not Outcome.SKIPPED.measured
+    assert Outcome.FLAKY.measured and Outcome.KNOWN.measured
+    with pytest.raises(ValueError, match="unknown outcome 'flakey'"):
+        Outcome.named("flakey")
 
 
 @pytest.mark.parametrize(
@@ -163,6 +166,12 @@ def test_outcomes_say_what_they_count_as() -> None:
         (["passed", "xpassed"], "xpass"),
         (["xpassed", "error"], "error"),
         (["error", "failed", "passed"], "fail"),
+        (["not_applicable", "not_applicable"], "na"),
+        (["not_applicable", "skipped"], "skip"),
+        (["not_applicable", "passed"], "pass"),
+        (["known", "passed"], "known"),
+        (["known", "flaky"], "flaky"),
+        (["flaky", "xpassed"], "xpass"),
     ],
 )
 def test_cell_status_is_the_worst_outcome(outcomes: list[str], status: str) -> None:
@@ -239,8 +248,8 @@ BAD: list[tuple[str, Edit, str]] = [
      f"run.planned_cells: '{A}': a test count cannot be negative (-1)"),
     ("unknown outcome", _set("results", 0, "outcome", to="purple"),
      "results[0].outcome: expected one of 'passed', 'failed', 'error', 'skipped', 'xfailed', "
-     "'xpassed', got a string (\"purple\")"),
-    ("unknown cell status", _set("cells", 0, "status", to="known"),
+     "'xpassed', 'flaky', 'known', 'not_applicable', got a string (\"purple\")"),
+    ("unknown cell status", _set("cells", 0, "status", to="purple"),
      "cells[0].status: expected one of"),
     ("finding without a title", _del("cells", 0, "findings", 0, "title"),
      "cells[0].findings[0]: missing key 'title'"),

@@ -137,7 +137,9 @@ class FakeGuest:
 
 def pool_with(cell: Cell, g: FakeGuest, tmp_path: Path) -> CellPool:
     pool = CellPool(tmp_path, accel="tcg", direct_boot=True)
-    pool.guests[cell.id] = g  # type: ignore[assignment]
+    run = pool.run_of(cell)
+    run.guest = g  # type: ignore[assignment]
+    run.to_running()
     return pool
 
 
@@ -171,7 +173,7 @@ def test_clean_without_snapshot_reboots(cloud61: Cell, tmp_path: Path) -> None:
     g = FakeGuest(restore=None)
     g.record.snapshot_error = "migration blocked by vfio-pci"
     pool = pool_with(cloud61, g, tmp_path)
-    pool.snapshot_cells.add(cloud61.id)
+    pool.plan_snapshot(cloud61)
     assert pool.clean(cloud61, "t1") == "rebooted (migration blocked by vfio-pci)"
     assert g.calls == ["dmesg dmesg-boot-1.log", "stop", "start", "snapshot"]
 
@@ -192,7 +194,7 @@ def test_snapshot_only_where_a_marked_test_follows_another(two: Matrix, tmp_path
     # Cell a: its marked test comes first (the fresh boot is clean); cell b: second.
     items = [FakeItem(a, True), FakeItem(a, False), FakeItem(b, False), FakeItem(b, True)]
     _plan_snapshots(config, items)  # type: ignore[arg-type]
-    assert pool.snapshot_cells == {b.id}
+    assert [c for c, r in pool.cells.items() if r.wants_snapshot] == [b.id]
 
 
 # --- real QEMU ----------------------------------------------------------------------------------

@@ -126,6 +126,6 @@ def test_init_list_run_and_boot_from_an_empty_directory(
         f"test_guest_runs_the_kernel_of_the_cell[{nehalem}]": "passed",
         f"test_scratch_disk_is_writable[{nehalem}]": "passed",
     }, out
-    results = json.loads((work / "reports" / "results.json").read_text())
+    results = json.loads((work / "reports" / "latest" / "results.json").read_text())
     assert {r["cell"] for r in results["results"]} == {nehalem}
-    assert (work / "reports" / "index.html").is_file()
+    assert (work / "reports" / "latest" / "index.html").is_file()

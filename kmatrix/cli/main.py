@@ -56,12 +56,13 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     matrix = load_matrix(args.matrix)  # fail fast, before pytest starts, on a bad matrix
     check_run_allows(matrix, args.allow_host_access)
     if args.repeat > 1:
-        # Repeated runs, one directory each, give `kmatrix compare` samples for metric
+        # Repeated runs, one run directory each, give `kmatrix compare` samples for metric
         # verdicts (a directory of run directories counts as that many runs).
         rc = 0
         for i in range(1, args.repeat + 1):
             one = argparse.Namespace(**{**vars(args), "repeat": 1})
-            one.reports = str(Path(args.reports) / f"repeat-{i}")
+            if args.run_dir:
+                one.run_dir = str(Path(args.run_dir) / f"repeat-{i}")
             rc = max(rc, cmd_run(one, extra))
         if any(k.baseline for k in matrix.kernels):
             # The repeats give the statistics their samples: each patched cell's metrics
@@ -76,8 +77,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
                     json.dumps(c.to_dict(), indent=1) + "\n"
                 )
         return rc
-    reports = Path(args.reports)
-    reports.mkdir(parents=True, exist_ok=True)
+    # Each run writes its own directory (REPORTS/<start time>/, or --run-dir), made only
+    # when a test runs; pytest's JUnit goes there too.
     argv = [
         sys.executable,
         "-m",
@@ -89,12 +90,18 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         "-p",
         "kmatrix",
         f"--kmatrix-matrix={args.matrix}",
-        f"--kmatrix-reports={reports}",
-        f"--junitxml={reports / 'junit.xml'}",
+        f"--kmatrix-reports={args.reports}",
+        "--kmatrix-pytest-junit",
         "-o",
         "junit_family=xunit1",
         "-rfEs",
     ]
+    if args.run_dir:
+        argv.append(f"--kmatrix-run-dir={args.run_dir}")
+    if args.rerun:
+        argv.append(f"--kmatrix-rerun={args.rerun}")
+    if args.strict:
+        argv.append("--kmatrix-strict")
     if args.accel:
         argv.append(f"--kmatrix-accel={args.accel}")
     if args.allow_host_access:
@@ -220,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def with_run_policy(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--reports", type=directory, default="reports")
+        sp.add_argument(
+            "--reports",
+            type=directory,
+            default="reports",
+            help="reports root: a run goes to REPORTS/<start time>/, REPORTS/latest points at "
+            "the newest complete run (default: reports)",
+        )
         sp.add_argument("--accel", choices=("auto", "kvm", "tcg"))
         with_host_policy(sp)
 
@@ -234,6 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     with_matrix(sp)
     with_run_policy(sp)
     sp.add_argument(
+        "--run-dir",
+        type=directory,
+        help="write the run into this directory instead (refused if it holds one)",
+    )
+    sp.add_argument(
+        "--rerun",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rerun a failed test up to N times on a clean guest; one that then passes is flaky",
+    )
+    sp.add_argument("--strict", action="store_true", help="a flaky test fails the run")
+    sp.add_argument(
         "-n",
         "--workers",
         help="pytest-xdist workers (default: one per CPU, as memory allows; 1: no xdist)",
@@ -242,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", action="append", default=[], help="earlier run to compare with; repeatable"
     )
     sp.add_argument(
-        "--repeat", type=positive, default=1, help="run N times into REPORTS/repeat-1..N"
+        "--repeat",
+        type=positive,
+        default=1,
+        help="run N times, one run directory each (RUN_DIR/repeat-1..N with --run-dir)",
     )
     sp = sub.add_parser("shell", help="boot one cell and attach an interactive shell")
     with_matrix(sp)

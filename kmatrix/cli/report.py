@@ -26,7 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         description="Writes junit-cells.xml, index.html, summary.md, kcidb.json (and "
         "compare.json with --baseline) beside the run's results.json.",
     )
-    sp.add_argument("results", type=Path, help="reports directory or results.json")
+    sp.add_argument(
+        "results", type=Path, help="run directory, results.json, or reports root (its latest)"
+    )
     add_report_arguments(sp, "reports directory")
 
     sp = sub.add_parser(
@@ -34,8 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="regression verdicts of NEW runs against BASE runs (exit 1 on regression)",
         description="Each (cell, test): new failure, fixed, still failing, new, gone; each "
         "metric: regressed, improved, unchanged by an exact Mann-Whitney U test over "
-        "repeated runs. A directory whose subdirectories hold results.json files counts as "
-        "that many runs. Exit status: 0 no regression, 1 regression, 2 bad input.",
+        "repeated runs. A run is a run directory, a results.json, or a reports root's "
+        "latest run; a directory whose subdirectories are runs (a reports root, repeated "
+        "runs) counts as each of them once. Exit status: 0 no regression, 1 regression, "
+        "2 bad input.",
     )
     sp.add_argument("runs", nargs="*", type=Path, metavar="BASE NEW", help="two runs")
     sp.add_argument("--base", action="append", type=Path, default=[], help="a BASE run")

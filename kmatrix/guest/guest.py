@@ -53,15 +53,25 @@ from kmatrix.vm.argv import BootPaths, build_argv
 from kmatrix.vm.console import ConsoleRecorder
 from kmatrix.vm.devices import lower
 from kmatrix.vm.hostpci import check_host_devices
+from kmatrix.vm.liveness import SAMPLE_INTERVAL, ProgressWatch, Sample, Symbolizer
 from kmatrix.vm.machine import SANDBOX_ON, Machine, private_rundir, sandbox_state
 
 CONSOLE_TAIL_LINES = 60
 JOURNAL = "commands.jsonl"  # one JSON line per guest command, for reproduce.sh
+PANIC_GRACE = 2.0  # seconds a panicked kernel gets to reboot (and so end QEMU) by itself
 _PRINTK_TIME = re.compile(r"\[\s*(\d+\.\d+)\]")
+# What x86 Linux prints when asked to power off without a way to (no ACPI): it halts.
+_HALTED = re.compile(rb"reboot: System halted|^System halted\.?\s*$", re.MULTILINE)
+# The end of a panic that will not reboot (panic=0 or a negative timeout without -no-reboot).
+_PANIC_END = re.compile(rb"---\[ end Kernel panic")
 
 
 class BootFailure(KmatrixError):
     """The kernel did not reach userspace (panic, hang, reset): a kernel failure."""
+
+
+class GuestStalled(KmatrixError):
+    """The VM runs but its guest provably makes no more progress (see kmatrix.vm.liveness)."""
 
 
 def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
@@ -303,7 +313,13 @@ class Guest:
             hook, self.while_booting = self.while_booting, None
             if hook is not None:
                 hook()
-            self.record.userspace_uptime = self.session.wait_ready(timeout)
+            self.record.userspace_uptime = self._wait_userspace(self.session, timeout)
+        except GuestStalled as e:
+            self.record.stopped = str(e)
+            raise BootFailure(
+                f"{self.cell.id}: the kernel stopped making progress before userspace, "
+                f"{time.monotonic() - t0:.1f}s into the boot: {e}" + _tail_note(self.console_log)
+            ) from e
         except GuestDied as e:
             code = machine.wait_exit(5.0)
             self._close_recorder()  # QEMU is gone: flush the kept tail before reading the log
@@ -317,6 +333,56 @@ class Guest:
                 + _tail_note(self.console_log)
             ) from e
         self.record.boot_seconds = time.monotonic() - t0
+
+    def _wait_userspace(self, session: GuestSession, timeout: float) -> float:
+        """The agent's hello (the guest uptime it reports), watching the VM meanwhile: a
+        kernel that provably stopped progressing gets its verdict now (GuestStalled), not
+        at the boot timeout; one that is slow but moving is waited for up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        watch = ProgressWatch(symbolize=self._symbolizer())
+        panic: str | None = None  # the end-of-panic line, once seen
+        scanned, panicked_at = 0, 0.0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return session.wait_ready(max(0.01, min(SAMPLE_INTERVAL, left)))
+            except GuestTimeout:
+                if time.monotonic() >= deadline:
+                    raise GuestTimeout(
+                        f"{self.cell.id}: the guest agent did not start within {timeout:g}s"
+                    ) from None
+            why = watch.feed(self._sample())
+            if why:
+                raise GuestStalled(why)
+            if panic is None:
+                found = self._console_match(_PANIC_END, max(0, scanned - 256))
+                scanned = self._console_size()
+                if found:
+                    panic, panicked_at = found, time.monotonic()
+            elif time.monotonic() - panicked_at > PANIC_GRACE:
+                # A panic that would reboot has done so by now (QEMU exits: -no-reboot).
+                raise GuestStalled(f"the kernel panicked and stays down: {panic!r}")
+
+    def _sample(self) -> Sample:
+        m = self.machine
+        try:
+            vcpus = m.vcpu_states() if m is not None else []
+        except KmatrixError:
+            vcpus = []  # QEMU busy or on its way out: no evidence either way
+        console = self.recorder.total if self.recorder is not None else 0
+        cpu = m.cpu_seconds() if m is not None else 0.0
+        return Sample(time.monotonic(), tuple(vcpus), cpu, console)
+
+    def _symbolizer(self) -> Symbolizer | None:
+        """Names addresses from the kernel's System.map when it runs where it was linked:
+        booted as its ELF (no decompressor, no KASLR) or built without KASLR."""
+        k = self.kernel
+        if k is None or k.system_map is None:
+            return None
+        relocated = k.boot_image == k.image and k.option("RANDOMIZE_BASE") == "y"
+        if relocated and "nokaslr" not in self.cell.kernel_args:
+            return None
+        return Symbolizer.from_system_map(k.system_map)
 
     def shell(self) -> int:
         """Boots the cell with the developer's terminal as its console; returns QEMU's exit code."""
@@ -407,16 +473,64 @@ class Guest:
             return False
         self.save_dmesg()
         t0 = time.monotonic()
+        offset = self._console_size()
         try:
             self.session.poweroff(timeout=min(10.0, timeout))
         except GuestError:
             self.record.poweroff_clean = False
             return False
-        code = self.machine.wait_exit(timeout)
+        code, why = self._wait_poweroff(timeout, offset)
         self.record.poweroff_seconds = time.monotonic() - t0
+        if why:
+            self.record.stopped = why
+            self.machine.shutdown()
+            self.record.poweroff_clean = False
+            self.record.exitcode = self.machine.exitcode
+            return False
         self.record.poweroff_clean = code == 0
         self.record.exitcode = code
         return bool(self.record.poweroff_clean)
+
+    def _wait_poweroff(self, timeout: float, offset: int) -> tuple[int | None, str]:
+        """QEMU's exit code once the guest powered off, or (None, why) as soon as the kernel
+        halted instead (it said so on the console, or every vCPU sits halted with
+        interrupts off): such a guest would keep QEMU up until the timeout."""
+        assert self.machine is not None
+        deadline = time.monotonic() + timeout
+        watch = ProgressWatch(symbolize=self._symbolizer())
+        while True:
+            code = self.machine.wait_exit(
+                max(0.0, min(SAMPLE_INTERVAL / 2, deadline - time.monotonic()))
+            )
+            if code is not None or time.monotonic() >= deadline:
+                return code, ""
+            line = self._console_match(_HALTED, offset)
+            if line:
+                return None, f"the kernel halted instead of powering off: {line!r}"
+            why = watch.feed(self._sample())
+            if why:
+                return None, f"the kernel stopped without powering off: {why}"
+
+    def _console_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size
+        except OSError:
+            return 0
+
+    def _console_match(self, pattern: re.Pattern[bytes], offset: int) -> str:
+        """The first console line from byte `offset` on that matches, or ''."""
+        try:
+            with self.console_log.open("rb") as f:
+                f.seek(offset)
+                data = f.read(1 << 20)
+        except OSError:
+            return ""
+        m = pattern.search(data)
+        if m is None:
+            return ""
+        start = data.rfind(b"\n", 0, m.start()) + 1
+        end = data.find(b"\n", m.end())
+        return data[start : end if end >= 0 else len(data)].decode(errors="replace").strip()
 
     def diagnose(self) -> tuple[str, str]:
         """After a guest command timed out or the VM vanished: ('infra'|'kernel', why).

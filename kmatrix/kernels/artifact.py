@@ -36,6 +36,7 @@ class KernelArtifact:
     modules_dir: Path | None  # .../lib/modules/<release>
     config: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     build: BuiltKernel | None = field(default=None, compare=False, hash=False)  # source builds
+    system_map: Path | None = None  # the kernel's symbol table, when it came with one
 
     def option(self, name: str) -> str | None:
         """A config option's value ('y', 'm', a string, a number), None when not set."""
@@ -85,6 +86,14 @@ def _inside(files: KernelFiles, path: Path | None, origin: str) -> Path | None:
             f"{origin}: {files.root_name or root}: member {member} leads to {e.target}, "
             "outside the artefact: refused"
         ) from None
+
+
+def find_system_map(image: Path, release: str) -> Path | None:
+    """System.map-<release> beside the image (distribution packages), or System.map in a
+    directory above it (a build tree: arch/x86/boot/bzImage)."""
+    candidates = [image.parent / f"System.map-{release}"]
+    candidates += [d / "System.map" for d in list(image.parents)[:4]]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
@@ -160,6 +169,7 @@ def resolve(spec: KernelSpec, direct_boot: bool = True) -> KernelArtifact:
             boot_image = elf.path
 
     return KernelArtifact(
+        system_map=find_system_map(image, info.release),
         build=built,
         name=spec.name,
         image=image,

@@ -12,6 +12,7 @@ from kmatrix.errors import (
     InputError,
 )
 from kmatrix.guest.datadisk import registered
+from kmatrix.pytest import applicability
 from kmatrix.pytest.outcomes import _EXPECT_RAISES
 from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY, SHARD_EMPTY_KEY, cell_of
 from kmatrix.results import shard
@@ -87,6 +88,7 @@ def pytest_collection_modifyitems(
         keys[id(it)] = (order[c.id] if c is not None else -1, final, i)
     items.sort(key=lambda it: keys[id(it)])
     _mark_expected(items)
+    applicability.mark_collected(items)
     spec = config.getoption("kmatrix_shard")
     if spec:
         _select_shard(config, items, spec)
@@ -131,7 +133,7 @@ def _plan_cells(config: pytest.Config, items: list[pytest.Item], marks: _Marks |
             clean = marks.has(it, "kmatrix_clean")
             names = disks_of(it, marks)
         if clean and cid in seen:
-            pool.snapshot_cells.add(cid)
+            pool.plan_snapshot(c)
         seen.add(cid)
         if names:
             unknown = [n for n in names if n not in known]

@@ -25,9 +25,10 @@ import pytest
 from kmatrix import __version__
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import InputError
+from kmatrix.pytest import applicability, known, rerun
 from kmatrix.pytest.crashguard import guarded
 from kmatrix.pytest.plan import RunPlan
-from kmatrix.results import attribution
+from kmatrix.results import attribution, rundirs
 from kmatrix.results.runs import Run, summarize_failure, write_run
 from kmatrix.results.schema import (
     BootRecord,
@@ -52,6 +53,12 @@ def _now() -> str:
 
 def outcome_of(report: pytest.TestReport) -> Outcome | None:
     """The test's outcome from one phase report, or None if this phase adds nothing."""
+    if applicability.is_not_applicable(report):
+        return applicability.OUTCOME
+    if rerun.is_flaky(report):
+        return rerun.OUTCOME  # passed on a clean rerun (failed under --kmatrix-strict)
+    if known.is_known(report):
+        return known.OUTCOME  # failed only on kernel reports that known issues explain
     xfail = hasattr(report, "wasxfail")
     if report.when == "call":
         if xfail:
@@ -89,9 +96,12 @@ def read_cell_file(path: Path, read: Callable[[object, Path], T], default: T) ->
 class ResultsCollector:
     """A pytest plugin object registered on the process that sees every report."""
 
-    def __init__(self, matrix: Matrix, reports: Path, args: list[str]) -> None:
+    def __init__(
+        self, matrix: Matrix, reports: Path, args: list[str], root: Path | None = None
+    ) -> None:
         self.matrix = matrix
-        self.reports = reports
+        self.reports = reports  # this run's directory
+        self.root = root  # the reports root whose `latest` may point here
         self.records: dict[str, TestResult] = {}
         self.cells_by_id = {c.id: c for c in matrix.cells}
         self.cells_seen: list[str] = []
@@ -196,6 +206,16 @@ class ResultsCollector:
         self.exitstatus = int(exitstatus)
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.interrupted = True
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if not self.records and not self._started():
+            # Collection only, or nothing selected: no run to record (a leftover pytest
+            # JUnit of zero tests is removed), and nothing to call green. A run stopped
+            # before its first result but after a VM started is recorded (its logs are
+            # there), as interrupted, never as the latest complete run.
+            self._discard_empty_run()
+            if tr is not None and not session.config.option.collectonly:
+                tr.write_line("kmatrix: no test ran: nothing recorded", yellow=True)
+            return
         gated = (
             session.config.getoption("kmatrix_gate", "all") == "series"
             and exitstatus == pytest.ExitCode.TESTS_FAILED
@@ -206,6 +226,29 @@ class ResultsCollector:
             self.gate_note = "every failure is pre-existing, flaky or on a baseline"
         self.write()
         self.write_reports(session.config)
+        if self.root is not None and tr is not None:
+            moved, why = rundirs.update_latest(self.root, self.reports, self.document())
+            where = self.root / rundirs.LATEST
+            tr.write_line(
+                f"kmatrix: {where} -> {self.reports.name}"
+                if moved
+                else f"kmatrix: {where} left as it was: {why}"
+            )
+        elif self.root is not None:
+            rundirs.update_latest(self.root, self.reports, self.document())
+
+    def _started(self) -> bool:
+        """Whether the run wrote anything of its own (a cell's logs) besides pytest's JUnit."""
+        try:
+            return any(p.name != "junit.xml" for p in self.reports.iterdir())
+        except OSError:
+            return False
+
+    def _discard_empty_run(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.reports / "junit.xml").unlink()
+        with contextlib.suppress(OSError):
+            self.reports.rmdir()  # only if nothing else is in it
 
     def write_reports(self, config: pytest.Config) -> None:
         """JUnit per cell, index.html, summary.md, kcidb.json (and compare.json against a

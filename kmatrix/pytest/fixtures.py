@@ -27,7 +27,7 @@ def booted(request: pytest.FixtureRequest, cell: Cell) -> Guest:
 @pytest.fixture
 def guest(request: pytest.FixtureRequest, booted: Guest) -> GuestSession:
     """The guest session: run(cmd), read_file(path), write_file(path, data), dmesg()."""
-    if booted.cell.id in pool_of(request.config).failures:
+    if pool_of(request.config).run_of(booted.cell).failed:
         # Never used: pytest_pyfunc_call fails the test (a kernel failure, not a set-up error).
         return cast(GuestSession, None)
     if booted.session is None or not booted.alive:
@@ -37,7 +37,7 @@ def guest(request: pytest.FixtureRequest, booted: Guest) -> GuestSession:
 
 @pytest.fixture
 def kernel(request: pytest.FixtureRequest, booted: Guest) -> KernelArtifact:
-    if booted.kernel is None and booted.cell.id in pool_of(request.config).failures:
+    if booted.kernel is None and pool_of(request.config).run_of(booted.cell).failed:
         # Never used: pytest_pyfunc_call fails the test (the kernel did not build).
         return cast(KernelArtifact, None)
     assert booted.kernel is not None

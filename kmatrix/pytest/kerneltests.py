@@ -37,6 +37,7 @@ from kmatrix.errors import BuildFailure, KmatrixError
 from kmatrix.guest.guest import Guest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
 from kmatrix.kernels.kconfig import parse_config
+from kmatrix.pytest import applicability
 from kmatrix.pytest.outcomes import BuildFailed, NoBootFailed
 from kmatrix.pytest.stash import MATRIX_KEY, pool_of
 from kmatrix.results import ktap
@@ -69,9 +70,8 @@ UnitKey = tuple[str, str, str]  # (cell id, suite, target or "")
 
 
 def not_applicable(reason: str) -> NoReturn:
-    """A test that cannot apply to this cell (until the "not applicable" outcome lands, a
-    skip whose reason says so)."""
-    raise pytest.skip.Exception(f"not applicable: {reason}", _use_item_location=True)
+    """A test that cannot apply to this cell: the not-applicable outcome, saying why."""
+    applicability.not_applicable(reason)
 
 
 class KernelTests:
@@ -170,7 +170,8 @@ class KernelTestItem(pytest.Item):
         # Run again (a rerun of this test, e.g. on a clean guest): its own program only.
         again = run is not None and self.nodeid in run.reported
         if run is None or again:
-            failure = pool.failures.get(self.cell.id)
+            cell_run = pool.run_of(self.cell)
+            failure = cell_run.failure if cell_run.failed else None
             if failure is not None:
                 run = self._after_failed_boot(failure)
             else:
@@ -221,7 +222,7 @@ class KernelTestItem(pytest.Item):
         expected = self.cell.expected(self.originalname)
         if self.suite == KUNIT and (expected is None or expected.outcome != "no-boot"):
             pool = pool_of(self.config)
-            g = pool.guests.get(self.cell.id)
+            g = pool.guest_of(self.cell)
             log = g.console_log if g is not None else pool.outdir(self.cell) / "console.log"
             tree = ktap.kernel_log_ktap(_read(log))
             if tree.subtests:
@@ -298,9 +299,7 @@ class KernelTestItem(pytest.Item):
         if res.unit.ended is not None:
             chain = running_chain(res.unit)
             where = ksft.case_of(chain, self.target) if chain else f"kselftest/{self.target}"
-            pool_of(self.config).deaths.setdefault(
-                self.cell.id, f"{res.unit.ended} (during {where})"
-            )
+            pool_of(self.config).run_of(self.cell).to_dead(f"{res.unit.ended} (during {where})")
         return _UnitRun(res.unit, res.seconds, res.findings, ran_by=self.nodeid)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -590,7 +589,7 @@ def _kernel_before_boot(item: KernelTestItem) -> KernelArtifact | None:
     if item.cell.id in state.kernels:
         return state.kernels[item.cell.id]
     pool = pool_of(item.config)
-    g = pool.guests.get(item.cell.id)
+    g = pool.guest_of(item.cell)
     kernel = g.kernel if g is not None else None
     if kernel is None:
         try:

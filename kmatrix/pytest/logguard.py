@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest.outcomes import Failed  # pytest.fail.Exception, as a class to subclass
 
 from kmatrix.config.specs import Cell
 from kmatrix.errors import GuestError, KmatrixError
@@ -68,6 +69,15 @@ def register(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{ALLOW_MARKER}: {ALLOW_DOC}")
     if not config.getoption("kmatrix_no_log_guard", False):
         config.pluginmanager.register(LogGuard(config), "kmatrix-logguard")
+
+
+class KernelLogFailed(Failed):
+    """The guard's failure of a test: the kernel reports it did not allow, kept as data so
+    known issues (kmatrix.pytest.known) can explain them."""
+
+    def __init__(self, message: str, findings: list[Finding]) -> None:
+        super().__init__(message, pytrace=False)
+        self.findings = tuple(findings)
 
 
 @dataclass(frozen=True)
@@ -206,8 +216,8 @@ class LogGuard:
             return
         pool = pool_of(item.config)
         self._hook_pool(pool)
-        g = pool.guests.get(cell.id)
-        if g is None or not g.alive or g.session is None or cell.id in pool.failures:
+        g = pool.guest_of(cell)
+        if g is None or not g.alive or g.session is None or pool.run_of(cell).failed:
             return
         w = self.watches.get(cell.id)
         try:
@@ -232,13 +242,13 @@ class LogGuard:
                 bad = []  # the test's own failure is the one to report
             if bad and isinstance(e, pytest.skip.Exception):
                 # A report fails the test even if it then skipped.
-                raise pytest.fail.Exception(self._message(bad), pytrace=False) from e
+                raise KernelLogFailed(self._message(bad), bad) from e
             if bad:
                 item.stash[_BAD_KEY] = bad
             raise
         bad = self._after(item)
         if bad:
-            raise pytest.fail.Exception(self._message(bad), pytrace=False)
+            raise KernelLogFailed(self._message(bad), bad)
         return res
 
     @pytest.hookimpl(wrapper=True)
@@ -260,7 +270,7 @@ class LogGuard:
         if cell is None:
             return []
         pool = pool_of(item.config)
-        g = pool.guests.get(cell.id)
+        g = pool.guest_of(cell)
         w = self.watches.get(cell.id)
         if g is None or w is None or not g.alive or w.session is not g.session:
             return []

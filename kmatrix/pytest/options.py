@@ -9,7 +9,7 @@ import pytest
 
 from kmatrix.config.hostaccess import ALLOW_OPTION
 from kmatrix.errors import InputError
-from kmatrix.pytest import logguard, progress, suites
+from kmatrix.pytest import logguard, progress, rerun, suites
 from kmatrix.results import shard
 from kmatrix.results.known_issues import load_known_issues
 from kmatrix.results.runs import expand_run_paths
@@ -38,7 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="override the matrix's accelerator (auto: KVM only after a probe boot works)",
     )
     g.addoption(
-        "--kmatrix-reports", metavar="DIR", default="reports", help="output directory (reports)"
+        "--kmatrix-reports",
+        metavar="ROOT",
+        default="reports",
+        help="reports root (reports): each run writes ROOT/<start time>/, and ROOT/latest "
+        "points at the newest complete run",
+    )
+    g.addoption(
+        "--kmatrix-run-dir",
+        metavar="DIR",
+        help="write this run into DIR itself (e.g. a CI shard's artefact directory); refused "
+        "if DIR already holds a run",
+    )
+    g.addoption(
+        "--kmatrix-pytest-junit",
+        action="store_true",
+        help="also write pytest's own JUnit XML as junit.xml in the run directory",
     )
     g.addoption(
         "--kmatrix-no-direct-boot",
@@ -60,11 +75,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption(
         "--kmatrix-durations",
         metavar="RESULTS_JSON",
-        help="an earlier results.json whose durations balance the shards and order the cells "
-        "handed to xdist workers (default for -n: the last results.json in the reports dir)",
+        help="an earlier run (run directory, results.json or reports root) whose durations "
+        "balance the shards and order the cells handed to xdist workers (default: the "
+        "newest duration of each test across the runs in the reports root)",
     )
     progress.add_option(g)
     logguard.add_option(g)
+    rerun.add_options(g)
     g.addoption(
         "--kmatrix-gate",
         choices=("all", "series"),
@@ -84,7 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kmatrix-baseline",
         metavar="DIR",
         action="append",
-        help="an earlier run (reports dir or results.json) to compare with; repeatable",
+        help="an earlier run (run directory, results.json, or a reports root: its latest) to "
+        "compare with; repeatable",
     )
     g.addoption(
         "--kmatrix-known-issues",

@@ -25,7 +25,7 @@ from kmatrix.errors import (
 from kmatrix.guest.lifecycle import CellPool
 from kmatrix.kernels import load_matrix
 from kmatrix.kernels.source import with_series_upto
-from kmatrix.pytest import kerneltests, logguard, progress, suites
+from kmatrix.pytest import applicability, kerneltests, known, logguard, progress, rundir, suites
 
 # The plugin is this module: pytest finds hooks and fixtures by name on it, so those that
 # live in the modules of their concern are re-exported here.
@@ -50,9 +50,12 @@ from kmatrix.pytest.outcomes import (  # noqa: F401
     NoBootFailed,
     pytest_exception_interact,
     pytest_pyfunc_call,
+    pytest_report_teststatus,
     pytest_runtest_makereport,
 )
 from kmatrix.pytest.plan import RunPlan
+from kmatrix.pytest.rerun import pytest_runtest_protocol  # noqa: F401
+from kmatrix.pytest.rundir import pytest_configure_node  # noqa: F401
 from kmatrix.pytest.scheduler import pytest_xdist_make_scheduler  # noqa: F401
 from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY, SHARD_EMPTY_KEY, cell_of, guest_of, pool_of
 from kmatrix.results.known_issues import default_known_issues, load_known_issues
@@ -65,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, doc in SUITE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     config.addinivalue_line("markers", "kmatrix_final: run last within its cell (e.g. poweroff)")
+    for doc in applicability.MARKERS:
+        config.addinivalue_line("markers", doc)
     config.addinivalue_line(
         "markers", "kmatrix_baseline: a test of a baseline cell (set by kmatrix; `-k baseline`)"
     )
@@ -113,8 +118,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # kselftest and KUnit items (its own hooks, among them a setup wrapper of its own).
     if not config.pluginmanager.has_plugin("kmatrix-kerneltests"):
         config.pluginmanager.register(kerneltests, "kmatrix-kerneltests")
+    known.configure(config, matrix)
+    dirs = rundir.choose(config)
+    config.stash[rundir.RUN_DIRS_KEY] = dirs
+    if config.getoption("kmatrix_pytest_junit") and not config.option.collectonly:
+        # pytest's own JUnit goes into the run's directory (its junitxml plugin reads this
+        # option in its pytest_configure, which runs after this tryfirst one).
+        config.option.xmlpath = str(dirs.run / "junit.xml")
     pool = CellPool(
-        reports,
+        dirs.run,
         accel=config.getoption("kmatrix_accel"),
         direct_boot=not config.getoption("kmatrix_no_direct_boot"),
         retries=config.getoption("kmatrix_retries"),
@@ -136,7 +148,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         _install_signal_handlers()
         if matrix is not None:
-            collector = ResultsCollector(matrix, reports, list(config.invocation_params.args))
+            collector = ResultsCollector(
+                matrix, dirs.run, list(config.invocation_params.args), root=dirs.root
+            )
             config.pluginmanager.register(collector, "kmatrix-results")
             # The plan (tests per cell, from collection or xdist's collection report) feeds
             # the live progress and results.json's shard facts for `kmatrix merge`.
@@ -191,6 +205,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if cell is None:
         return
     pool = pool_of(item.config)
+    applicability.before_boot(item, pool, cell)
     g = guest_of(item.config, cell)
     item.user_properties += [
         ("kmatrix.cell", cell.id),
@@ -212,19 +227,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
     g.begin_test(item.nodeid)
     offline = getattr(item, "kmatrix_offline", False)  # its result is in hand (kerneltests)
-    if cell.id in pool.deaths and not offline and not pool.recover(cell):
-        raise KmatrixError(f"{cell.id}: the VM is gone: {pool.deaths[cell.id]}")
-    if item.get_closest_marker("kmatrix_clean") and cell.id not in pool.failures:
-        how = pool.clean(cell, item.nodeid) if cell.id in pool.dirty else "fresh boot"
+    run = pool.run_of(cell)
+    if run.dead and not offline and not pool.recover(cell):
+        raise KmatrixError(f"{cell.id}: the VM is gone: {run.death}")
+    if item.get_closest_marker("kmatrix_clean") and not run.failed:
+        how = pool.clean(cell, item.nodeid) if run.dirty else "fresh boot"
         item.user_properties.append(("kmatrix.clean_guest", how))
-    if cell.id in pool.recovered:
+    if run.recovered:
         # This test runs on the post-boot snapshot restored after an earlier test's VM died.
-        item.user_properties.append(("kmatrix.restored_after", pool.recovered[cell.id]))
-    if cell.id not in pool.failures:
+        item.user_properties.append(("kmatrix.restored_after", run.recovered))
+    if not run.failed:
         for name in disks_of(item):
             g.mount_disk(name)  # once per boot; InfraError if it fails
             item.user_properties.append((f"kmatrix.disk.{name}", g.disk_plans[name].summary()))
-    pool.dirty.add(cell.id)
+    pool.begin_test(cell)
 
 
 @pytest.hookimpl(trylast=True)
@@ -233,18 +249,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if cell is None:
         return
     pool = pool_of(item.config)
-    g = pool.guests.get(cell.id)
+    g = pool.guest_of(cell)
     if g is not None:
         g.current_test = ""  # what runs from here on (dmesg, poweroff) is the harness's
-    if (
-        g is not None
-        and cell.id not in pool.failures
-        and not g.alive
-        and g.record.poweroff_clean is None
-        and cell.id not in pool.deaths
-    ):
-        code = g.machine.exitcode if g.machine else None
-        pool.deaths[cell.id] = f"it ended during {item.nodeid} (QEMU exit code {code})"
+    pool.end_test(cell, item.nodeid)
     recorder_error = g.recorder.error if g is not None and g.recorder is not None else None
     nxt = cell_of(nextitem) if nextitem is not None else None
     if nxt is None or nxt.id != cell.id:

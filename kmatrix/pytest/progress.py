@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from kmatrix.pytest import applicability
 from kmatrix.pytest.collector import outcome_of
 from kmatrix.pytest.plan import RunPlan
 from kmatrix.results.schema import Outcome
@@ -217,7 +218,11 @@ class Progress:
         c = self.cells.get(cid) if cid is not None else None
         if c is None:
             return
-        if report.when == "setup" and c.phase == "booting":
+        if (
+            report.when == "setup"
+            and c.phase == "booting"
+            and not applicability.is_not_applicable(report)  # decided without a boot
+        ):
             props = {str(k): str(v) for k, v in report.user_properties}
             c.boot_seconds = props.get("kmatrix.boot_seconds", "")
             c.phase = "running"
@@ -248,7 +253,7 @@ class Progress:
         counts: dict[str, int] = {}
         for o in c.outcomes.values():
             counts[o] = counts.get(o, 0) + 1
-        summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in sorted(counts.items()))
         boot = f", boot {float(c.boot_seconds):.1f}s" if c.boot_seconds else ""
         self.pending.append(
             f"{c.id}: done in {c.done - c.started:.1f}s{boot}: {summary} ({self.totals()})"

@@ -26,7 +26,8 @@ import pytest
 
 from kmatrix.errors import InputError
 from kmatrix.pytest.plan import CellIds
-from kmatrix.pytest.stash import MATRIX_KEY, POOL_KEY
+from kmatrix.pytest.rundir import RUN_DIRS_KEY
+from kmatrix.pytest.stash import MATRIX_KEY
 from kmatrix.results import shard
 
 LOW_WATER = 2  # a worker with this many pending tests or fewer gets its next unit
@@ -255,16 +256,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> CellScheduli
 
 
 def _recorded_durations(config: pytest.Config) -> dict[str, float]:
-    """Per-test durations from --kmatrix-durations, else from the last run's results.json in
-    the reports directory (this run replaces it only at its end); {} when there are none."""
+    """Per-test durations from --kmatrix-durations, else the history of the runs in the
+    reports root (each test's newest measurement); {} when there is none."""
     given = config.getoption("kmatrix_durations")
     if given:
         try:
             return shard.durations_by_test(Path(given))
         except InputError as e:
             raise pytest.UsageError(f"kmatrix: {e}") from None
-    last = config.stash[POOL_KEY].reports / "results.json"
-    try:
-        return shard.durations_by_test(last) if last.is_file() else {}
-    except InputError:
-        return {}  # a damaged leftover only costs the ordering
+    dirs = config.stash.get(RUN_DIRS_KEY, None)
+    return shard.durations_history(dirs.root) if dirs is not None and dirs.root else {}

@@ -26,13 +26,15 @@ from kmatrix.results.runs import (
     Run,
     failure_message,
     layout,
+    measured_nothing,
     metric_label,
     metric_values,
+    outcome_note,
     read_artifact,
     result_name,
     sandbox_summary,
 )
-from kmatrix.results.schema import CellResult, CellStatus, Outcome
+from kmatrix.results.schema import CellResult, CellStatus, Outcome, TestResult
 
 FILENAME = "index.html"
 CONSOLE_LIMIT = 200_000  # characters of each cell's console/dmesg kept inline
@@ -43,14 +45,19 @@ STATUS_LABEL = {
     "error": "ERROR",
     "skip": "skip",
     "xpass": "XPASS",
+    "flaky": "flaky",
     "known": "known",
+    "na": "n/a",
     "none": "no tests",
 }
 OUTCOME_SYMBOL = {
     "passed": "✓",
     "failed": "✗",
     "error": "⚠",
+    "flaky": " flaky",
+    "known": " known",
     "skipped": "⊘",
+    "not_applicable": " n/a",
     "xfailed": "xfail",
     "xpassed": "XPASS",
 }
@@ -91,6 +98,17 @@ def display_status(cell: CellResult, run: Run, known: KnownIssues) -> str:
     return str(status)
 
 
+def _known_ids(rec: TestResult) -> str:
+    """The known issues a test that ended as known was matched to, during its run."""
+    if rec.outcome is not Outcome.KNOWN:
+        return ""
+    try:
+        issues = json.loads(rec.properties.get("kmatrix.known") or "[]")
+    except ValueError:
+        return ""
+    return ", ".join(dict.fromkeys(str(i.get("id")) for i in issues if isinstance(i, dict)))
+
+
 def _cell_diff(comparison: Comparison | None, cell_id: str) -> list[dict[str, str]]:
     if comparison is None:
         return []
@@ -120,6 +138,7 @@ def cell_data(
     tests = []
     for r in run.results_of(cid):
         issue = known.for_failure(cell, r)
+        note = outcome_note(r)  # flaky, known, not applicable: what the run recorded
         tests.append(
             {
                 "name": result_name(r),
@@ -127,9 +146,9 @@ def cell_data(
                 "outcome": str(r.outcome),
                 "duration": round(r.duration, 3),
                 # Anything but a pass says why (a skip's reason, a failure's assertion).
-                "message": failure_message(r) if r.outcome is not Outcome.PASSED else "",
+                "message": note or (failure_message(r) if r.outcome is not Outcome.PASSED else ""),
                 "longrepr": r.longrepr[-LONGREPR_LIMIT:],
-                "known": issue.id if issue else "",
+                "known": issue.id if issue else _known_ids(r),
                 "attribution": attrib.test_data(cid, r.nodeid) if attrib else None,
             }
         )
@@ -425,9 +444,14 @@ def render(
     banner = ""
     if meta.interrupted:
         banner = '<p class="banner">This run was interrupted: cells not shown did not run.</p>'
+    if measured_nothing(run):
+        banner += (
+            '<p class="banner">No test measured anything in this run (every test was skipped '
+            "or not applicable): it proves nothing.</p>"
+        )
     legend = "".join(
         f'<span class="st-{s}">{_e(STATUS_LABEL[s])}</span>'
-        for s in ("pass", "fail", "error", "known", "xpass", "skip")
+        for s in ("pass", "fail", "error", "flaky", "known", "xpass", "skip", "na")
     )
     known_note = (
         f'<p class="small">known issues: {_e(known.path)} ({len(known.issues)})</p>'

@@ -18,8 +18,8 @@ from junit_xml import TestCase, TestSuite, to_xml_report_string
 from kmatrix.reports.attribution import RunAttribution
 from kmatrix.results.charges import charge_note
 from kmatrix.results.known_issues import KnownIssues
-from kmatrix.results.runs import Run, failure_message, read_artifact
-from kmatrix.results.schema import CellResult, TestResult
+from kmatrix.results.runs import Run, failure_message, outcome_note, read_artifact
+from kmatrix.results.schema import CellResult, Outcome, TestResult
 
 FILENAME = "junit-cells.xml"
 _DISABLED = re.compile(r'(<testsuites?) disabled="\d+"')
@@ -56,6 +56,11 @@ def _case(rec: TestResult, cell: CellResult, known: KnownIssues, note: str = "")
         tc.add_failure_info(message=message, output=longrepr, failure_type="failure")
     elif outcome.junit == "error":
         tc.add_error_info(message=message, output=longrepr, error_type="error")
+    elif outcome in (Outcome.KNOWN, Outcome.NOT_APPLICABLE):
+        # Neither fails the run: a skip, saying which issue explains it, or why it cannot apply.
+        tc.add_skipped_info(message=outcome_note(rec)[:2000])
+    elif outcome is Outcome.FLAKY:
+        tc.stdout = "\n".join(x for x in (outcome_note(rec), tc.stdout) if x)  # it passed
     elif outcome.junit == "skipped":
         reason = rec.message or longrepr or outcome
         tc.add_skipped_info(message=f"{outcome}: {reason}"[:2000])

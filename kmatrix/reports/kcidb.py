@@ -163,7 +163,7 @@ def export(
                     t["log_excerpt"] = excerpt[-EXCERPT_MAX:]
             t["misc"] = {"nodeid": nodeid, "outcome": str(r.outcome), "cell": cid}
             tests.append(t)
-            issue = known.for_failure(c, r)
+            issue = known.for_failure(c, r) or known.recorded(r)
             if issue is not None:
                 kid = f"{origin}:{_path_part(issue.id)}"
                 entry: dict[str, Any] = {

@@ -13,8 +13,16 @@ from kmatrix.reports.html import display_status
 from kmatrix.results.charges import charge_note
 from kmatrix.results.compare import Comparison, format_metric
 from kmatrix.results.known_issues import KnownIssues
-from kmatrix.results.runs import Run, failure_message, layout, result_name, sandbox_summary
-from kmatrix.results.schema import CellResult
+from kmatrix.results.runs import (
+    Run,
+    failure_message,
+    layout,
+    measured_nothing,
+    outcome_note,
+    result_name,
+    sandbox_summary,
+)
+from kmatrix.results.schema import CellResult, Outcome
 
 FILENAME = "summary.md"
 MAX_ITEMS = 40
@@ -24,7 +32,9 @@ ICON = {
     "error": "⚠️",
     "skip": "⏭️",
     "xpass": "❗",
+    "flaky": "🔁",
     "known": "🟡",
+    "na": "➖",
     "none": "▫️",
 }
 
@@ -57,7 +67,10 @@ def _matrix(run: Run, known: KnownIssues) -> list[str]:
                 continue
             status = display_status(cell, run, known)
             counts = cell.counts
-            order = ["failed", "error", "xpassed", "passed", "skipped", "xfailed"]
+            order = [
+                "failed", "error", "xpassed", "flaky", "known", "passed", "skipped",
+                "not_applicable", "xfailed",
+            ]  # fmt: skip
             order += sorted(set(counts) - set(order))
             text = ", ".join(f"{counts[o]} {o}" for o in order if counts.get(o))
             row.append(f"{ICON.get(status, status)} {text}")
@@ -81,6 +94,20 @@ def _failures(run: Run, known: KnownIssues) -> list[str]:
             f"{_cell_text(r.outcome)} | {_cell_text(msg)} |"
         )
     head = [f"### Failures ({len(bad)})", "", "| cell | test | outcome | message |"]
+    return [*head, "|---|---|---|---|", *_capped(rows)]
+
+
+def _apart(run: Run) -> list[str]:
+    """Flaky and known tests: neither passing nor failing the run, listed for a look."""
+    rows = [
+        f"| {_cell_text(r.cell)} | {_cell_text(result_name(r))} | "
+        f"{_cell_text(r.outcome)} | {_cell_text(outcome_note(r))} |"
+        for r in run.results
+        if r.outcome in (Outcome.FLAKY, Outcome.KNOWN)
+    ]
+    if not rows:
+        return []
+    head = [f"### Flaky and known ({len(rows)})", "", "| cell | test | outcome | what |"]
     return [*head, "|---|---|---|---|", *_capped(rows)]
 
 
@@ -138,10 +165,11 @@ def render(run: Run, known: KnownIssues | None = None, comparison: Comparison | 
     for r in run.results:
         totals[str(r.outcome)] = totals.get(str(r.outcome), 0) + 1
     statuses = [display_status(c, run, known) for c in run.cells]
-    worst = next((s for s in ("fail", "error", "xpass") if s in statuses), "pass")
+    worst = next((s for s in ("fail", "error", "xpass", "flaky") if s in statuses), "pass")
+    nothing = measured_nothing(run)
     title = (
-        f"## {ICON.get(worst, '')} kmatrix: {meta.matrix_name or 'run'} — "
-        f"{len(run.cells)} cells, {len(run.results)} tests"
+        f"## {ICON['error'] if nothing else ICON.get(worst, '')} kmatrix: "
+        f"{meta.matrix_name or 'run'} — {len(run.cells)} cells, {len(run.results)} tests"
     )
     facts = [
         ", ".join(f"{n} {o}" for o, n in sorted(totals.items())),
@@ -154,11 +182,18 @@ def render(run: Run, known: KnownIssues | None = None, comparison: Comparison | 
     lines = [title, "", " · ".join(facts), ""]
     if meta.interrupted:
         lines += ["> **This run was interrupted**: cells not listed did not run.", ""]
+    if nothing:
+        lines += [
+            "> **No test measured anything** (every test was skipped or not applicable): "
+            "this run proves nothing.",
+            "",
+        ]
     lines += _matrix(run, known)
     for part in (
         _baseline(comparison) if comparison is not None else [],
         RunAttribution(run).markdown(_cell_text, _capped),
         _failures(run, known),
+        _apart(run),
         _findings(run, known),
     ):
         if part:

@@ -14,12 +14,19 @@ The exact test cannot reach p < 0.05 with fewer than 4 runs a side (3 + 5, or 2 
 single run, or two, never turns a noise-sized change into a regression: repeat runs to get
 verdicts. Lower is better unless the metric's name says otherwise (HIGHER_IS_BETTER).
 
+Outcomes decided during a run: a test *flaky* in a NEW run (it failed, then passed on a
+clean rerun) is counted neither as a new failure nor as fixed: its verdict is *flaky*; one
+*known* in a NEW run (it failed only on kernel reports a known issue explains) is *known*.
+Every test carries its flake rate: the share of the runs given (BASE and NEW) in which it
+was flaky, so a test that flakes now and then shows up before it wastes anyone's time.
+
 A regression — exit status 1 from ``kmatrix compare`` — is a new failure, a new test that
 fails, or a regressed metric.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -53,7 +60,11 @@ RULE = (
 _EXACT_MAX = 30
 
 TEXT_LIST_MAX = 20
-TEST_VERDICTS = ("new_failure", "known", "fixed", "still_failing", "new", "gone", "unchanged")
+TEST_VERDICTS = (
+    "new_failure", "known", "flaky", "fixed", "still_failing", "new", "gone", "unchanged",
+)  # fmt: skip
+FLAKY = Outcome.FLAKY  # the outcome of a test that failed, then passed on a clean rerun
+KNOWN = Outcome.KNOWN  # the outcome of a test that failed only on known kernel reports
 METRIC_VERDICTS = ("regressed", "improved", "unchanged")
 
 
@@ -138,7 +149,13 @@ class TestVerdict:
     new: list[Outcome]  # outcome per NEW run that had the test
     message: str = ""
     known_issue: str = ""
-    flaky: bool = False
+    flaky: bool = False  # its runs disagree, or it was flaky in one of them
+    flaky_runs: int = 0  # runs (BASE and NEW) in which its outcome was flaky
+
+    @property
+    def flake_rate(self) -> float:
+        runs = len(self.base) + len(self.new)
+        return self.flaky_runs / runs if runs else 0.0
 
     @property
     def regression(self) -> bool:
@@ -207,7 +224,11 @@ class Comparison:
             "regression": bool(self.regressions),
             "counts": self.counts(),
             "notes": self.notes,
-            "tests": [asdict(t) for t in self.tests if t.verdict != "unchanged"],
+            "tests": [
+                {**asdict(t), "flake_rate": round(t.flake_rate, 4)}
+                for t in self.tests
+                if t.verdict != "unchanged" or t.flaky_runs
+            ],
             "metrics": [asdict(m) for m in self.metrics],
         }
 
@@ -254,6 +275,10 @@ def compare_tests(
             verdict = "still_failing"
         elif n_fail:
             verdict = "new_failure"
+        elif FLAKY in no:
+            verdict = "flaky"  # neither a new failure nor fixed
+        elif KNOWN in no:
+            verdict = "known"
         elif b_fail:
             verdict = "fixed"
         else:
@@ -285,11 +310,26 @@ def compare_tests(
                 base=bo,
                 new=no,
                 message=failure_message(rec) if (n_fail or b_fail) else "",
-                known_issue=issue.id if issue else "",
-                flaky=len(set(map(is_failing, bo))) > 1 or len(set(map(is_failing, no))) > 1,
+                known_issue=issue.id if issue else _known_id(rec),
+                flaky=len(set(map(is_failing, bo))) > 1
+                or len(set(map(is_failing, no))) > 1
+                or FLAKY in (*bo, *no),
+                flaky_runs=[*bo, *no].count(FLAKY),
             )
         )
     return verdicts
+
+
+def _known_id(rec: TestResult) -> str:
+    """The known issues a run recorded for a test that ended as known ('' otherwise)."""
+    if rec.outcome is not KNOWN:
+        return ""
+    raw = rec.properties.get("kmatrix.known", "")
+    try:
+        issues = json.loads(raw) if raw else []
+    except ValueError:
+        return ""
+    return ", ".join(dict.fromkeys(str(i.get("id")) for i in issues if isinstance(i, dict)))
 
 
 def compare_metrics(
@@ -366,6 +406,7 @@ def compare_runs(
 _TITLES = {
     "new_failure": "NEW FAILURES",
     "known": "known issues (failing, explained by a known issue)",
+    "flaky": "flaky (failed, then passed on a clean rerun: neither a new failure nor fixed)",
     "fixed": "fixed",
     "still_failing": "still failing",
     "new": "new tests",
@@ -405,6 +446,15 @@ def render_text(c: Comparison) -> str:
             lines.append(f"  {t.cell}  {t.name}  ({outcome}){extra}")
             if t.message and verdict in ("new_failure", "known", "still_failing", "new"):
                 lines.append(f"      {t.message}")
+    flaky = sorted((t for t in c.tests if t.flaky_runs), key=lambda t: -t.flake_rate)
+    if flaky:
+        lines.append(f"\nflake rates ({len(flaky)} test(s) flaky in a run given):")
+        for t in flaky[:TEXT_LIST_MAX]:
+            runs = len(t.base) + len(t.new)
+            lines.append(
+                f"  {t.cell}  {t.name}  flaky in {t.flaky_runs} of {runs} run(s) "
+                f"({t.flake_rate:.0%})"
+            )
     for verdict in ("regressed", "improved"):
         ms = c.metrics_by(verdict)
         if ms:

@@ -1,11 +1,13 @@
 """Known issues: kernel-log signatures reported as known, not as new failures.
 
-A known-issues file (YAML) lists signatures, each a regular expression searched in the
-normalised titles of kernel-log findings (``WARNING in drm_atomic_helper_commit``), scoped by
-globs on the kernel (name or release), the cell id and the test::
+A known-issues file (YAML) lists signatures: a finding's kind (as kmatrix.results.logparse
+names it: warning, bug, oops, lockdep, ...) and a regular expression searched in its
+normalised title (``WARNING in drm_atomic_helper_commit``), scoped by globs on the kernel
+(name or release), the cell id and the test::
 
     issues:
       - id: drm-commit-warn            # unique; shown in every report
+        kind: warning                  # optional; one of logparse.KINDS
         title: '^WARNING in drm_'      # regex over normalised finding titles
         kernels: [deb-6.12-*]          # optional globs on kernel name or release
         cells: ['*/gpu-virtio']        # optional globs on cell id
@@ -13,10 +15,11 @@ globs on the kernel (name or release), the cell id and the test::
         url: https://bugs.example.org/123    # optional
         comment: fixed upstream by abcdef    # optional
 
-A finding is known when an issue applies to its cell and the regex matches its title. A
-failing test is known when an issue applies to its cell and test, and either the regex
-matches the failure text or a finding of the cell that the issue matches is named in the
-failure text (test_kernel_log_clean lists the titles it found).
+A finding is known when an issue applies to its cell (and test) and matches its kind and
+title. During a run, a test that failed on kernel reports (kmatrix.results.findings) whose
+every finding is known ends as *known*, with the issues' ids and links; one unknown finding
+keeps it failed. Matching is on the kind and the normalised title only, never on the text
+of a failure message.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from kmatrix.config.yamlnode import NodeReader, compose_file
-from kmatrix.results.runs import failure_text
-from kmatrix.results.schema import CellResult, FindingRecord, TestResult
+from kmatrix.results import findings
+from kmatrix.results.logparse import KINDS
+from kmatrix.results.schema import CellResult, FindingRecord, Outcome, TestResult
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 # The keys of a known-issues file and of each issue (documented in docs/matrix.md).
 FILE_KEYS = ("issues",)
-ISSUE_KEYS = ("id", "title", "kernels", "cells", "tests", "url", "comment")
+ISSUE_KEYS = ("id", "kind", "title", "kernels", "cells", "tests", "url", "comment")
 ISSUE_REQUIRED = ("id", "title")
 
 
@@ -42,6 +46,7 @@ ISSUE_REQUIRED = ("id", "title")
 class KnownIssue:
     id: str
     title: re.Pattern[str]
+    kind: str = ""  # "" matches any kind
     kernels: tuple[str, ...] = ()
     cells: tuple[str, ...] = ()
     tests: tuple[str, ...] = ()
@@ -58,14 +63,22 @@ class KnownIssue:
         )
 
     def applies_to_test(self, rec: TestResult) -> bool:
-        return not self.tests or any(fnmatch.fnmatchcase(rec.nodeid, g) for g in self.tests)
+        return self.applies_to_nodeid(rec.nodeid)
+
+    def applies_to_nodeid(self, nodeid: str) -> bool:
+        return not self.tests or any(fnmatch.fnmatchcase(nodeid, g) for g in self.tests)
 
     def matches_title(self, title: str) -> bool:
         return self.title.search(title) is not None
 
+    def matches(self, kind: str, title: str) -> bool:
+        """The finding's kind (if the issue names one) and its normalised title."""
+        return (not self.kind or self.kind == kind) and self.matches_title(title)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "kind": self.kind,
             "title": self.title.pattern,
             "kernels": list(self.kernels),
             "cells": list(self.cells),
@@ -83,25 +96,46 @@ class KnownIssues:
     def __bool__(self) -> bool:
         return bool(self.issues)
 
-    def for_finding(self, cell: CellResult, finding: FindingRecord) -> KnownIssue | None:
+    def for_finding(
+        self, cell: CellResult, finding: FindingRecord, nodeid: str | None = None
+    ) -> KnownIssue | None:
+        """The known issue a finding (kind, title) of this cell matches; with a test's node
+        id, only issues that apply to that test."""
         return next(
-            (i for i in self.issues if i.applies(cell) and i.matches_title(finding.title)), None
+            (
+                i
+                for i in self.issues
+                if i.applies(cell)
+                and (nodeid is None or i.applies_to_nodeid(nodeid))
+                and i.matches(finding.kind, finding.title)
+            ),
+            None,
         )
 
+    def recorded(self, rec: TestResult) -> KnownIssue | None:
+        """For a test that ended as known during its run: the first issue it was matched to,
+        if this file still has it."""
+        if rec.outcome is not Outcome.KNOWN:
+            return None
+        refs = findings.decode(rec.properties.get(findings.PROPERTY, ""))
+        ids = [r.known for r in refs if r.known]
+        return next((i for i in self.issues if ids and i.id == ids[0]), None)
+
     def for_failure(self, cell: CellResult, rec: TestResult) -> KnownIssue | None:
+        """The known issue that explains a failed test: it failed on kernel reports (its
+        record carries them as findings) and every one of them matches a known issue; the
+        first finding's issue is returned. One unknown finding, or a failure that is not a
+        kernel report, gives None."""
         if not rec.outcome.failing:
             return None
-        text = failure_text(rec)
-        for issue in self.issues:
-            if not (issue.applies(cell) and issue.applies_to_test(rec)):
-                continue
-            if issue.title.search(text):
-                return issue
-            for f in cell.findings:
-                title = f.title
-                if title and issue.matches_title(title) and title in text:
-                    return issue
-        return None
+        refs = findings.decode(rec.properties.get(findings.PROPERTY, ""))
+        if not refs:
+            return None
+        matched = [
+            self.for_finding(cell, FindingRecord(kind=r.kind, title=r.title), rec.nodeid)
+            for r in refs
+        ]
+        return matched[0] if all(matched) else None
 
 
 def load_known_issues(path: Path | None) -> KnownIssues:
@@ -121,6 +155,11 @@ def load_known_issues(path: Path | None) -> KnownIssues:
         if ident in seen:
             raise ctx.err(m["id"][1], f"{key}.id", f"duplicate id (first on line {seen[ident]})")
         seen[ident] = m["id"][1].start_mark.line + 1
+        kind = ctx.string(m["kind"][1], f"{key}.kind") if "kind" in m else ""
+        if kind and kind not in KINDS:
+            raise ctx.err(
+                m["kind"][1], f"{key}.kind", f"unknown kind {kind!r} (known: {', '.join(KINDS)})"
+            )
         raw = ctx.string(m["title"][1], f"{key}.title")
         try:
             title = re.compile(raw)
@@ -134,6 +173,7 @@ def load_known_issues(path: Path | None) -> KnownIssues:
             KnownIssue(
                 id=ident,
                 title=title,
+                kind=kind,
                 kernels=globs("kernels"),
                 cells=globs("cells"),
                 tests=globs("tests"),

@@ -17,6 +17,7 @@ from typing import Any
 
 from kmatrix.errors import InputError
 from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_text
+from kmatrix.results import rundirs
 from kmatrix.results.schema import (
     CellResult,
     Outcome,
@@ -91,7 +92,8 @@ def write_run(path: Path, doc: RunDocument) -> None:
 
 
 def results_path(path: Path) -> Path:
-    return path / "results.json" if path.is_dir() else path
+    """A run's results.json: the file, a run directory's, or a reports root's latest run's."""
+    return rundirs.resolve_run(path)
 
 
 MAX_RESULTS_BYTES = 256 << 20  # ~40,000 tests with long failure reports is ~60 MiB
@@ -119,13 +121,8 @@ def load_run(path: Path) -> Run:
 
 def expand_run_paths(path: Path) -> list[Path]:
     """A directory holding results.json is one run; one whose subdirectories hold
-    results.json files (e.g. repeated runs, run-1/ run-2/ ...) is several."""
-    path = Path(path)
-    if path.is_dir() and not (path / "results.json").is_file():
-        found = sorted(path.glob("*/results.json"))
-        if found:
-            return found
-    return [results_path(path)]
+    results.json files (a reports root, repeated runs) is each of them once."""
+    return rundirs.expand_runs(path)
 
 
 def load_runs(paths: Iterable[Path]) -> list[Run]:
@@ -148,6 +145,33 @@ def result_name(rec: TestResult) -> str:
 
 def is_failing(outcome: Outcome) -> bool:
     return outcome.failing
+
+
+def measured_nothing(run: Run) -> bool:
+    """Whether no test of the run measured anything (all skipped or not applicable)."""
+    return not any(r.outcome.measured for r in run.results)
+
+
+def outcome_note(rec: TestResult) -> str:
+    """What a flaky, known or not-applicable test's record says about it."""
+    props = rec.properties
+    outcome = rec.outcome
+    try:
+        if outcome is Outcome.FLAKY:
+            attempts = json.loads(props.get("kmatrix.flaky") or "[]")
+            first = attempts[0].get("message", "") if attempts else ""
+            runs = props.get("kmatrix.attempts", "?")
+            return f"flaky: failed {len(attempts)} of {runs} attempts, then passed; {first}"
+        if outcome is Outcome.KNOWN:
+            issues = json.loads(props.get("kmatrix.known") or "[]")
+            return "known: " + "; ".join(
+                f"{i.get('id')} ({i.get('kind')}: {i.get('title')})" for i in issues
+            )
+    except (ValueError, AttributeError):
+        return str(outcome)
+    if outcome is Outcome.NOT_APPLICABLE:
+        return f"not applicable: {props.get('kmatrix.not_applicable') or rec.message}"
+    return ""
 
 
 def summarize_failure(message: str, longrepr: str) -> str:

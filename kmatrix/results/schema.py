@@ -44,8 +44,11 @@ class CellStatus(StrEnum):
     alarming status of its tests' outcomes (NONE: the cell has no test results)."""
 
     NONE = "none"
+    NA = "na"  # every test was not applicable
     SKIP = "skip"
     PASS = "pass"
+    KNOWN = "known"
+    FLAKY = "flaky"
     XPASS = "xpass"
     ERROR = "error"
     FAIL = "fail"
@@ -83,6 +86,13 @@ class Outcome(StrEnum):
     # An expected failure tells nothing new about the code; an unexpected pass did pass.
     XFAILED = "xfailed", CellStatus.PASS, False, "skipped", "SKIP"
     XPASSED = "xpassed", CellStatus.XPASS, False, "", "PASS"
+    # Failed, then passed on a rerun on a clean guest (under --kmatrix-strict it fails the
+    # run, but compare never counts it as a new failure nor as fixed).
+    FLAKY = "flaky", CellStatus.FLAKY, False, "", "PASS"
+    # Failed only on kernel reports that known issues explain (their ids in its properties).
+    KNOWN = "known", CellStatus.KNOWN, False, "skipped", "FAIL"
+    # Cannot apply to the cell (device, series, kernel config): nothing to measure.
+    NOT_APPLICABLE = "not_applicable", CellStatus.NA, False, "skipped", "SKIP"
 
     @classmethod
     def named(cls, name: str) -> Outcome:
@@ -93,13 +103,21 @@ class Outcome(StrEnum):
         raise ValueError(f"unknown outcome {name!r}")
 
     @property
+    def measured(self) -> bool:
+        """Whether the test measured anything (a skipped or not-applicable one did not): a
+        run with no measured test proved nothing and is never reported as passing."""
+        return self not in (Outcome.SKIPPED, Outcome.NOT_APPLICABLE)
+
+    @property
     def notable(self) -> bool:
-        """Worth listing among a run's failures: it colours its cell worse than a pass."""
-        return self.status.rank > CellStatus.PASS.rank
+        """Worth listing among a run's failures: failed, error or an unexpected pass (flaky
+        and known tests are listed apart)."""
+        return self.status.rank >= CellStatus.XPASS.rank
 
 
 def cell_status(outcomes: typing.Iterable[Outcome]) -> CellStatus:
-    """A cell's colour: fail beats error beats xpass beats pass/xfail; all skipped is skip."""
+    """A cell's colour: fail beats error beats xpass beats flaky beats known beats pass/xfail;
+    nothing measured is skip (na when every test was not applicable)."""
     return max((o.status for o in outcomes), key=lambda s: s.rank, default=CellStatus.NONE)
 
 
@@ -420,6 +438,7 @@ class BootRecord(Record):
     restore_seconds: list[float] = field(default_factory=list)  # old VM out -> new one answers
     restore_reasons: list[str] = field(default_factory=list)
     sandbox: str = ""  # "on", or "off: why" (QEMU then ran without its seccomp filter)
+    stopped: str = ""  # why the harness ended a VM whose guest could no longer progress
     # The kernel artefact booted (empty when the cell never got one).
     release: str = ""
     kernel_image: str = ""

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kmatrix.errors import InputError
+from kmatrix.results import rundirs
 from kmatrix.results.runs import load_run
 from kmatrix.results.schema import SHARD_SPEC, TestResult
 
@@ -39,7 +40,8 @@ def assign(cells: Sequence[str], weights: Mapping[str, float], total: int) -> di
 
 
 def _results(path: Path) -> list[TestResult]:
-    """The results of an earlier results.json."""
+    """The results of an earlier run (results.json, run directory, or a reports root's
+    latest)."""
     try:
         return load_run(path).results
     except InputError as e:
@@ -58,6 +60,21 @@ def durations_by_test(path: Path) -> dict[str, float]:
     """Per-test durations (node id -> seconds, set-up to teardown, so a cell's boot counts in
     its first test and its poweroff in its last) from an earlier results.json."""
     return {r.nodeid: r.duration for r in _results(path) if r.nodeid}
+
+
+def durations_history(root: Path, runs: int = 5) -> dict[str, float]:
+    """Per-test durations from the newest `runs` run directories under a reports root: each
+    test's newest measurement, so a partial (-k) run updates only the tests it ran and
+    never erases the others' history. Damaged runs are passed over."""
+    out: dict[str, float] = {}
+    for d in reversed(rundirs.run_dirs(root)[-runs:]):
+        try:
+            got = durations_by_test(d)
+        except InputError:
+            continue
+        for nodeid, seconds in got.items():
+            out.setdefault(nodeid, seconds)
+    return out
 
 
 def longest_first(units: Mapping[str, Sequence[str]], durations: Mapping[str, float]) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from kmatrix.errors import GuestTimeout, VMError
 from kmatrix.host.cache import host_boot_id, remembered
+from kmatrix.vm.liveness import VcpuState, parse_registers, process_cpu_seconds
 from kmatrix.vm.qemuopts import unescape
 from kmatrix.vm.qmp import QMP
 
@@ -222,6 +223,19 @@ class Machine:
         except subprocess.TimeoutExpired:
             return None
         return self.exitcode
+
+    def vcpu_states(self, timeout: float = 5.0) -> list[VcpuState]:
+        """Every vCPU's instruction pointer, flags and halt state (monitor `info registers`)."""
+        if self.qmp is None or not self.is_running():
+            return []
+        text = self.qmp.cmd(
+            "human-monitor-command", timeout=timeout, **{"command-line": "info registers -a"}
+        )
+        return parse_registers(str(text))
+
+    def cpu_seconds(self) -> float:
+        """QEMU's CPU time so far (all threads): how much the guest could have run."""
+        return process_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def events(self) -> list[dict[str, Any]]:
         return self.qmp.poll_events() if self.qmp is not None else []
