@@ -4,6 +4,7 @@ fails on kernel reports, parsed from a log text as a real guest would print them
 from __future__ import annotations
 
 from kmatrix import GuestSession, assert_no_findings, parse_kernel_log
+from kmatrix.pytest.logguard import KernelLogFailed
 
 
 def report(func: str, kind: str = "WARNING") -> str:
@@ -29,6 +30,12 @@ def report(func: str, kind: str = "WARNING") -> str:
 def test_only_known_reports(guest: GuestSession) -> None:
     guest.run("true", check=True)
     assert_no_findings(parse_kernel_log(report("drm_mm_takedown")), "the kernel logged")
+
+
+def test_the_log_guard_finds_only_known_reports(guest: GuestSession) -> None:
+    # What the log guard raises after a test whose kernel printed a report it did not allow.
+    found = parse_kernel_log(report("drm_mm_takedown"))
+    raise KernelLogFailed("the kernel reported 1 problem during this test", found)
 
 
 def test_a_known_and_an_unknown_report(guest: GuestSession) -> None:
