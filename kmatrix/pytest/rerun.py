@@ -27,7 +27,6 @@ from kmatrix.errors import KmatrixError
 from kmatrix.guest.lifecycle import CellState
 from kmatrix.pytest.stash import cell_of, pool_of
 from kmatrix.results import findings
-from kmatrix.results.logparse import parse_kernel_log
 from kmatrix.results.runs import summarize_failure
 from kmatrix.results.schema import Outcome
 
@@ -65,6 +64,9 @@ def _why_not(item: pytest.Item, cell: Cell, failed: pytest.TestReport) -> str:
         return "the kernel did not build or boot"
     if any(k == FINDINGS for k, _ in failed.user_properties):
         return "the kernel reported a crash during the test"
+    # The parser compiles its patterns on import: loaded here, after the first boot.
+    from kmatrix.results.logparse import parse_kernel_log
+
     if parse_kernel_log(failed.longreprtext):
         return "the failure quotes a kernel crash report"
     return ""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kmatrix.results.logparse import Finding, findings_summary
+if TYPE_CHECKING:  # the parser's patterns compile on import: loaded when a test fails on one
+    from kmatrix.results.logparse import Finding
 
 PROPERTY = "kmatrix.findings"  # JSON list of {"kind", "title", "known"} on the test's report
 
@@ -22,6 +23,8 @@ class KernelReportsFound(AssertionError):
     """The kernel reported a crash (or several) during the test."""
 
     def __init__(self, what: str, findings: Sequence[Finding]) -> None:
+        from kmatrix.results.logparse import findings_summary
+
         self.what = what
         self.findings = tuple(findings)
         excerpts = "\n".join(f.excerpt for f in self.findings[:3])
