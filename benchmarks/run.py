@@ -624,7 +624,8 @@ def section_whole(preps: dict[str, Prepared], work: Path, reps: int, compare: Pa
         S.add("whole.load", os.getloadavg()[0])
         S.add("whole.floor", floor_min(p, p.kernel.boot_image, busybox, console))
         line = f"  round {i + 1}: floor {S.data['whole.floor'][-1]:.2f}s"
-        for label, tree in variants:
+        # A B, then B A: neither variant always runs right after the floor.
+        for label, tree in variants if i % 2 == 0 else variants[::-1]:
             seen = run_whole_pytest(tree, matrix, work, label)
             for key in ("first_result", "exit"):
                 S.add(f"whole.{label}.{key}", seen.get(key))
