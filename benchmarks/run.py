@@ -40,6 +40,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -390,6 +391,14 @@ def timed_process(
     except subprocess.TimeoutExpired:
         proc.kill()
         rc = proc.wait()
+    except BaseException:
+        # Stopped (SIGTERM, Ctrl-C): let pytest stop its guests, then make sure it is gone.
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     th.join(10)
     seen["exit"] = time.monotonic() - t0
     return seen, buf.decode(errors="replace"), rc
@@ -1059,6 +1068,9 @@ def main(argv: list[str] | None = None) -> int:
         "--install-vng", action="store_true", help=f"pip install virtme-ng into {VNG_VENV}"
     )
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the QEMU or pytest child of the moment is stopped too
+    # (subprocess.run kills its child on the way out; timed_process terminates its own).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
