@@ -83,8 +83,7 @@ def test_example_matrix(built: None, tmp_path: Path) -> None:
             for t, c in tiny.items()
             if t.startswith("kselftest/")
         ), tiny
-        assert tiny["kunit"].message.startswith("kernel kmx-6.1-tiny has no ")
-        assert "CONFIG_KUNIT=y" in tiny["kunit"].message
+        assert "kernel kmx-6.1-tiny has no CONFIG_KUNIT=y" in tiny["kunit"].message
         assert not (tmp_path / "r1" / "cells" / TINY.replace("/", "__") / "console.log").exists()
         # First run of each build: programs and the KUnit root carry their cases.
         broken = cells.pop(BROKEN)
