@@ -158,6 +158,9 @@ def build_argv(
         if paths.scratch_disk is None:
             raise ValueError(f"profile {dev.name} has a scratch disk but no file was given for it")
         argv += scratch_disk_args(disk, paths.scratch_disk)
+    # Left to itself QEMU plugs a device into the last bus made, which on a profile with
+    # NUMA host bridges (pxb-pcie) takes only bridges: the data disks go on the root bus.
+    on_root = ",bus=pcie.0" if any(d.driver == "pxb-pcie" for d in layout.devices) else ""
     for i, (serial, image) in enumerate(paths.extra_disks):
         node = f"kmx-ro{i}"
         argv += [
@@ -165,6 +168,6 @@ def build_argv(
             f"node-name={node},driver=raw,read-only=on,file.driver=file,"
             f"file.filename={escape(image)},file.read-only=on",
             "-device",
-            f"virtio-blk-pci,drive={node},serial={escape(serial)}",
+            f"virtio-blk-pci,drive={node},serial={escape(serial)}{on_root}",
         ]
     return argv
