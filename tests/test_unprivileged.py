@@ -183,7 +183,7 @@ def test_a_cell_runs_as_an_unprivileged_user(user: str, world: Path) -> None:
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     cases = junit_cases(junit)
     assert {c.outcome for c in cases.values()} == {"passed"} and len(cases) == 3, cases
-    cell = world / "reports" / "cells" / "deb-6.1-cloud__Nehalem__virtio"
+    cell = world / "reports" / "latest" / "cells" / "deb-6.1-cloud__Nehalem__virtio"
     boot = json.loads((cell / "boot.json").read_text())
     assert boot["sandbox"] == "on" and boot["accel"] == "tcg", boot
     assert "6.1.0-57-cloud-amd64" in (cell / "console.log").read_text() + boot["release"]

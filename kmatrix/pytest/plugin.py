@@ -182,7 +182,9 @@ def _check_sandbox(config: pytest.Config, required: bool) -> None:
 
 
 def _install_signal_handlers() -> None:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown and reports still run."""
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown and reports still run.
+    Both kill the guests first: the KeyboardInterrupt can land in code that is waiting on a
+    guest (a command, a log read, a poweroff) and its cleanup would wait on it again."""
 
     def on_term(signum: int, frame: object) -> None:
         kill_all(descendants=True)  # the workers' QEMUs too, under xdist
@@ -190,6 +192,8 @@ def _install_signal_handlers() -> None:
 
     with contextlib.suppress(ValueError):  # not in the main thread
         signal.signal(signal.SIGTERM, on_term)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_term)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
