@@ -67,10 +67,9 @@ class Suites:
 
 
 @dataclass(frozen=True)
-class SuiteRule:
-    """Suites for the cells whose kernel, cpu and device match these globs (cell level)."""
+class Rule:
+    """Cells whose kernel, cpu and device match these globs (include, exclude, suites)."""
 
-    suites: Suites
     kernel: str = "*"
     cpu: str = "*"
     device: str = "*"
@@ -81,6 +80,13 @@ class SuiteRule:
             and fnmatch.fnmatchcase(cpu, self.cpu)
             and fnmatch.fnmatchcase(device, self.device)
         )
+
+
+@dataclass(frozen=True)
+class SuiteRule(Rule):
+    """Suites for the cells whose kernel, cpu and device match these globs (cell level)."""
+
+    suites: Suites = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -313,20 +319,6 @@ class Cell:
     def slug(self) -> str:
         """The id as one path component (log and run directory names)."""
         return self.id.replace("/", "__")
-
-
-@dataclass(frozen=True)
-class Rule:
-    kernel: str = "*"
-    cpu: str = "*"
-    device: str = "*"
-
-    def matches(self, kernel: str, cpu: str, device: str) -> bool:
-        return (
-            fnmatch.fnmatchcase(kernel, self.kernel)
-            and fnmatch.fnmatchcase(cpu, self.cpu)
-            and fnmatch.fnmatchcase(device, self.device)
-        )
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def parse_suite_rules(
             else None,
             kunit=_kunit(r, m["kunit"][1], f"{k}.kunit") if "kunit" in m else None,
         )
-        rules.append(SuiteRule(suites, **globs))
+        rules.append(SuiteRule(suites=suites, **globs))
     return Suites(), tuple(rules)
 
 
