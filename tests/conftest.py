@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -204,13 +205,21 @@ def run_kmatrix_pytest(
     return KmatrixRun(p, reports, junit)
 
 
+def _default_sigint() -> None:
+    # The child gets Ctrl-C as at a terminal even when this suite runs as a background job
+    # (a shell without job control starts those with SIGINT ignored, and the child would
+    # inherit that and ignore the signal the fault tests send).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def started(argv: list[str], tmpdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """argv as a child in the project (output discarded), killed if it still runs on the way
     out, e.g. after a failed assertion; its QEMUs die with it (PR_SET_PDEATHSIG)."""
     p = subprocess.Popen(
-        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(tmpdir)
-    )
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=child_env(tmpdir), preexec_fn=_default_sigint,
+    )  # fmt: skip
     try:
         yield p
     finally:
