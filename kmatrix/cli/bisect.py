@@ -22,7 +22,7 @@ from typing import Any
 from kmatrix.build.builder import build_kernel, recorded_failure
 from kmatrix.build.patches import Patch, load_series
 from kmatrix.build.prefixes import VANILLA, applicable, prefix_spec, upto_length
-from kmatrix.cli.main import testcase_dirs
+from kmatrix.cli.locations import testcase_dirs
 from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import BuildFailure, InputError

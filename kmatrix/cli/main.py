@@ -15,6 +15,7 @@ from kmatrix import __version__, crash
 from kmatrix.cli import init as init_cli
 from kmatrix.cli import merge
 from kmatrix.cli import report as report_cli
+from kmatrix.cli.locations import testcase_dirs
 from kmatrix.cli.values import directory, output_file, positive
 from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
 from kmatrix.config.specs import Matrix
@@ -27,14 +28,6 @@ from kmatrix.resources import data_dir
 def _default_matrix() -> Path:
     local = Path.cwd() / "matrix" / "default.yaml"
     return local if local.is_file() else data_dir("matrix") / "default.yaml"
-
-
-def testcase_dirs() -> list[Path]:
-    """./testcases when there is one, else kmatrix's built-in suites (`kmatrix run` adds
-    those with --kmatrix-builtin-suites: pytest finds the ini file of the repository from
-    the paths it is given, so site-packages is not one of them)."""
-    local = Path.cwd() / "testcases"
-    return [local] if local.is_dir() else [data_dir("testcases")]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
