@@ -19,12 +19,16 @@ def positive(text: str) -> int:
     return n
 
 
-def non_negative(text: str) -> float:
-    """A finite number >= 0 (--min-change)."""
+def _number(text: str) -> float:
     try:
-        x = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (--min-change)."""
+    x = _number(text)
     if not math.isfinite(x) or x < 0:
         raise argparse.ArgumentTypeError(f"{text}: must be a finite number, 0 or more")
     return x
@@ -32,10 +36,7 @@ def non_negative(text: str) -> float:
 
 def probability(text: str) -> float:
     """A number strictly between 0 and 1 (--alpha)."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    x = _number(text)
     if not 0 < x < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1")
     return x
