@@ -1469,7 +1469,7 @@ def test_cli_internal_error_is_one_line(env: Env, monkeypatch: pytest.MonkeyPatc
 
 def test_plugin_internal_error_is_one_line(env: Env) -> None:
     """An exception escaping into pytest (here from a conftest hook) ends the run with the
-    one line and exit status 3, the traceback in the reports directory."""
+    one line and exit status 3, the traceback in the run's own directory."""
     fake_kernel(env)
     m = env.write("m.yaml", MATRIX)
     env.write("conftest.py", "def pytest_collection_finish(session):\n    raise KeyError('x')\n")
@@ -1480,7 +1480,10 @@ def test_plugin_internal_error_is_one_line(env: Env) -> None:
     assert "Traceback" not in res.text and "INTERNALERROR" not in res.text, res.text
     m2 = re.search(r"kmatrix: internal error: KeyError: 'x'; details in (\S+)", res.text)
     assert m2, res.text
-    assert Path(m2.group(1)).parent == reports and "KeyError" in Path(m2.group(1)).read_text()
+    details = Path(m2.group(1))
+    assert details.parent.parent == reports and re.fullmatch(r"\d{8}-\d{6}", details.parent.name)
+    assert "KeyError" in details.read_text()
+    assert [p.name for p in reports.glob("kmatrix-internal-error-*")] == []
 
 
 # --- class 8: leftovers ---------------------------------------------------------------------

@@ -83,7 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not reports.is_absolute():
         reports = Path(config.invocation_params.dir) / reports
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(InternalErrors(reports), "kmatrix-internal-errors")
+        config.pluginmanager.register(
+            InternalErrors(reports, config.stash), "kmatrix-internal-errors"
+        )
     check_options(config)
     config.addinivalue_line(
         "markers",
