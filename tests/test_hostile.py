@@ -1344,7 +1344,7 @@ def test_shell_unknown_cell(env: Env) -> None:
 
 
 PLUGIN_CASES: dict[str, tuple[tuple[str, ...], str]] = {
-    "retries-negative": (("--kmatrix-retries=-1",), "--kmatrix-retries: -1 is negative"),
+    "retries-negative": (("--kmatrix-retries=-1",), "--kmatrix-retries: -1: must be 0 or more"),
     "retries-word": (("--kmatrix-retries=many",), "--kmatrix-retries: 'many' is not a whole"),
     "shard-0-0": (("--kmatrix-shard=0/0",), "--kmatrix-shard '0/0': I must be between 1 and N"),
     "shard-3-2": (("--kmatrix-shard=3/2",), "--kmatrix-shard '3/2': I must be between 1 and N"),

@@ -16,8 +16,9 @@ from kmatrix.cli import init as init_cli
 from kmatrix.cli import merge
 from kmatrix.cli import report as report_cli
 from kmatrix.cli.locations import testcase_dirs
-from kmatrix.cli.values import directory, output_file, positive
+from kmatrix.cli.values import directory, output_file
 from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
+from kmatrix.config.optionvalues import positive
 from kmatrix.config.specs import Matrix
 from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages

@@ -1,22 +1,12 @@
 """Command-line values checked as argparse parses them, so a bad one is a usage error
-(exit 2) naming the option, before anything runs."""
+(exit 2) naming the option, before anything runs. Whole numbers are
+kmatrix.config.optionvalues (the pytest plugin's options use them too)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
-
-
-def positive(text: str) -> int:
-    """A whole number >= 1 (--repeat)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
-    return n
 
 
 def _number(text: str) -> float:

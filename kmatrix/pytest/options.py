@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from kmatrix.config.hostaccess import ALLOW_OPTION
+from kmatrix.config.optionvalues import count
 from kmatrix.errors import InputError
 from kmatrix.pytest import logguard, progress, rerun, suites
 from kmatrix.results import shard
@@ -62,7 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption(
         "--kmatrix-retries",
-        type=_count,
+        type=count,
         default=1,
         metavar="N",
         help="retry a boot that failed for host or QEMU reasons N times (kernel failures never)",
@@ -131,17 +131,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("kmatrix_matrix", "default matrix file, relative to the rootdir")
     suites.add_option(parser, g)
-
-
-def _count(text: str) -> int:
-    """A non-negative integer option value (argparse reports the ValueError's message)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} is negative; give 0 or more")
-    return n
 
 
 def check_options(config: pytest.Config) -> None:
