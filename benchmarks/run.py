@@ -14,8 +14,9 @@ Sections:
             initramfs that prints its uptime and powers off, against `pytest -p kmatrix -n 0
             testcases/test_boot.py -k userspace` on a one-cell matrix of the same kernel (same
             machine, CPU, vCPUs, memory and -accel flags), interleaved A B A B; spawn to the
-            first boot result and to exit; with --compare-tree, the same pytest run from another
-            checkout (e.g. the previous release) as a third interleaved variant
+            first boot result and to exit; the same with a device profile of no devices (the
+            floor's hardware: what is left is the harness's own); with --compare-tree, the same
+            pytest run from another checkout (e.g. the previous release) as a further variant
   floor     raw qemu-system-x86_64 boots the kernel + the kmatrix initramfs to a guest command
             (uname -r) and poweroff: a minimal argv, and kmatrix's own argv; against them the
             kmatrix library (Guest: boot, command, poweroff) and pytest (time to the first boot
@@ -578,19 +579,22 @@ def run_snapshot(p: Prepared, work: Path) -> dict[str, float]:
 # --- sections ---------------------------------------------------------------------------------
 
 
-def one_cell_matrix(p: Prepared, work: Path) -> Path:
-    """A matrix of p's cell alone (kernel, CPU model, profile, sizes, accel as benchmarked)."""
+def one_cell_matrix(p: Prepared, work: Path, bare: bool = False) -> Path:
+    """A matrix of p's cell alone (kernel, CPU model, profile, sizes, accel as benchmarked);
+    bare: with a device profile of no devices (the floor's hardware: what is left is the
+    harness's own, its agent channel included)."""
     c = p.cell
-    path = work / "one-cell.yaml"
+    path = work / ("one-cell-bare.yaml" if bare else "one-cell.yaml")
     profile = ROOT / "matrix" / "devices" / f"{c.device.name}.yaml"
     assert profile.is_file(), profile
+    device = "{name: bare, machine: q35}" if bare else str(profile)
     path.write_text(
         "name: one-cell\n"
         f"defaults: {{memory: {c.memory}, smp: {c.smp}, boot_timeout: {c.boot_timeout:g}, "
         f"test_timeout: {c.test_timeout:g}, accel: tcg}}\n"
         f"kernels:\n  - name: {c.kernel.name}\n    deb: {c.kernel.location}\n"
         f"cpus:\n  - {{name: {c.cpu.name}, model: {c.cpu.model}}}\n"
-        f"devices:\n  - {profile}\n"
+        f"devices:\n  - {device}\n"
     )
     return path
 
@@ -626,7 +630,9 @@ def section_whole(preps: dict[str, Prepared], work: Path, reps: int, compare: Pa
     S.notes["whole.busybox_mib"] = f"{busybox.stat().st_size / 2**20:.1f}"
     S.notes["whole.argv"] = " ".join(floor_argv_min(p.cell, p.kernel.boot_image, busybox, console))
     S.notes["whole.pytest"] = " ".join(whole_pytest_argv(ROOT, matrix, work / "r", work)[1:])
-    variants = [("kmx", ROOT)] + ([("old", compare)] if compare else [])
+    bare = one_cell_matrix(p, work, bare=True)
+    variants = [("kmx", ROOT, matrix), ("bare", ROOT, bare)]
+    variants += [("old", compare, matrix)] if compare else []
     log(f"whole: {p.cell.id}, busybox floor {S.notes['whole.busybox_mib']} MiB, {reps} rounds")
     for i in range(reps):
         S.load("whole")
@@ -634,8 +640,8 @@ def section_whole(preps: dict[str, Prepared], work: Path, reps: int, compare: Pa
         S.add("whole.floor", floor_min(p, p.kernel.boot_image, busybox, console))
         line = f"  round {i + 1}: floor {S.data['whole.floor'][-1]:.2f}s"
         # A B, then B A: neither variant always runs right after the floor.
-        for label, tree in variants if i % 2 == 0 else variants[::-1]:
-            seen = run_whole_pytest(tree, matrix, work, label)
+        for label, tree, cells in variants if i % 2 == 0 else variants[::-1]:
+            seen = run_whole_pytest(tree, cells, work, label)
             for key in ("first_result", "exit"):
                 S.add(f"whole.{label}.{key}", seen.get(key))
                 S.add(f"whole.{label}.{key}.pair", seen[key] / S.data["whole.floor"][-1])
@@ -868,7 +874,8 @@ def report(sections: Sequence[str], reps: int, started: float) -> str:
         w(f"  load average (1 min) at each round: {', '.join(f'{x:.1f}' for x in loads)}")
         w(f"  floor: raw QEMU + busybox-only initramfs ({S.notes.get('whole.busybox_mib')} MiB),"
           f" spawn to exit        {spread('whole.floor')}")  # fmt: skip
-        labels = [("kmx", "kmatrix")] + [("old", "--compare-tree")] * ("whole.old.exit" in S.data)
+        labels = [("kmx", "kmatrix"), ("bare", "kmatrix, no profile devices")]
+        labels += [("old", "--compare-tree")] * ("whole.old.exit" in S.data)
         for label, name in labels:
             first, end = spread(f"whole.{label}.first_result"), spread(f"whole.{label}.exit")
             w(f"  {name}: pytest spawn to first boot result      {first}")

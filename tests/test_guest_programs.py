@@ -26,8 +26,8 @@ from kmatrix.resources import data_dir
 IMAGES_DIR = data_dir("images")
 VFIO_SRC = IMAGES_DIR / "programs" / "kmx-vfio.c"
 needs_gcc = pytest.mark.skipif(
-    shutil.which("gcc") is None or not Path("/usr/lib/x86_64-linux-gnu/libc.a").is_file(),
-    reason="gcc or libc6-dev (static libc) absent: run `kmatrix setup`",
+    shutil.which("musl-gcc") is None or not Path("/usr/include/linux/vfio.h").is_file(),
+    reason="musl-gcc or linux-libc-dev absent: run `kmatrix setup`",
 )
 
 
@@ -90,7 +90,12 @@ def test_default_recipe_ships_kmx_vfio() -> None:
             "programs./usr/bin/x",
             "not found",
         ),
-        ("programs:\n  /usr/bin/x: init\n", ": init", "programs./usr/bin/x", "not a C source"),
+        (
+            "programs:\n  /usr/bin/x: init.sh\n",
+            ": init.sh",
+            "programs./usr/bin/x",
+            "not a C source",
+        ),
         ("programs:\n  /usr/bin/x: [a]\n", "[a]", "programs./usr/bin/x", "non-empty string"),
         ("programs:\n  - programs/kmx-vfio.c\n", "- programs", "programs", "expected a mapping"),
         ("program:\n  /usr/bin/x: programs/kmx-vfio.c\n", "program:", "program", "unknown key"),

@@ -18,7 +18,7 @@
  * -f ID frames the output as the agent's reply to request ID (KMX-OUT/KMX-ERR/KMX-END with
  * base64 payloads, see images/agent), so the agent can run this program directly for a
  * KMX-KMSG request: one process per read instead of a shell, base64 and timeout.
- * Built with gcc -static by the image recipe.
+ * Built static (musl) by the image recipe.
  */
 #include <errno.h>
 #include <signal.h>

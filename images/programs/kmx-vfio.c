@@ -5,7 +5,7 @@
  * Each step prints one key=value line on stdout as it succeeds; the first failure prints
  * "error=<step>: <detail>" on stdout and stderr and exits with that step's own code, so a
  * test can tell from either the text or the exit status where it stopped. Built with
- * gcc -static by the image recipe: the guest has no libc, and busybox cannot issue ioctls.
+ * static (musl) by the image recipe: the guest has no libc, and busybox cannot issue ioctls.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -40,6 +40,7 @@ from kmatrix.guest.datadisk import (
 )
 from kmatrix.guest.disks import ExtraDisk, attachable, layered_initrd
 from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for, module_name
+from kmatrix.guest.kmsg import read_kmsg, render
 from kmatrix.guest.session import CommandResult, GuestSession
 from kmatrix.host.cache import stamped_digest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
@@ -573,11 +574,16 @@ class Guest:
             self.recorder = None
 
     def save_dmesg(self, name: str = "dmesg.log") -> None:
-        """Keeps the whole kernel ring buffer (the console is quiet) beside the console log."""
+        """Keeps the whole kernel ring buffer (the console is quiet) beside the console log:
+        the /dev/kmsg records the log guard read already plus the new ones (one small read;
+        a `dmesg` of the whole log costs ~0.15 s under TCG), else `dmesg`."""
         if self.alive and self.session is not None:
             with contextlib.suppress(KmatrixError, OSError):
-                dmesg = self.session.run("dmesg", timeout=20).stdout
-                (self.outdir / name).write_text(dmesg)
+                try:
+                    text = render(read_kmsg(self.session, 0).records)
+                except GuestError:  # no /dev/kmsg, or a reader that failed
+                    text = self.session.run("dmesg", timeout=20).stdout
+                (self.outdir / name).write_text(text)
 
     # --- snapshots ------------------------------------------------------------------------
 

@@ -31,7 +31,10 @@ HOST_PACKAGES: dict[str, str] = {
     "pciutils": "/usr/share/misc/pci.ids",
     # The read-only filesystem of the tools data disk (kmatrix/guest/datadisk.py).
     "squashfs-tools": "/usr/bin/mksquashfs",
-    # Static libc for the guest programs (images/programs/*.c, gcc -static).
+    # The guest programs (images/programs/*.c): static with musl, the kernel's UAPI headers.
+    "musl-tools": "/usr/bin/musl-gcc",
+    "linux-libc-dev": "/usr/include/linux/vfio.h",
+    # Static glibc: kernel builds' host tools and kselftest programs linked -static.
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",
     # Kernel builds from source (matrix `build:` kernels, kmatrix patches check).
     "gcc": "/usr/bin/gcc",
