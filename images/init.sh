@@ -45,10 +45,8 @@ else
     port=/dev/ttyS1
     stty -F "$port" raw -echo -icanon 2>/dev/null
 fi
-# Sourced, not run: one process less to start before the host hears from the guest.
-if [ -n "$port" ] && [ -c "$port" ]; then
-    set -- "$port"
-    . /usr/lib/kmatrix/agent
-fi
+# Its own process, not sourced into PID 1: the kernel shields PID 1 from signals, and a
+# test that stops or kills the agent must find it stopped or gone, as with any process.
+[ -n "$port" ] && [ -c "$port" ] && /usr/lib/kmatrix/agent "$port"
 echo "kmatrix: agent ended, powering off"
 poweroff -f
