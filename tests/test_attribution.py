@@ -3,6 +3,7 @@ data alone (kmatrix.results.attribution), and how the reports show it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -15,11 +16,20 @@ from cdp import Browser, chromium_path
 
 from kmatrix.reports import html as report_html
 from kmatrix.reports import junit, markdown
+from kmatrix.reports.writer import write_reports
 from kmatrix.results import attribution as attr
-from kmatrix.results.compare import compare_runs
+from kmatrix.results.compare import compare_runs, series_view
 from kmatrix.results.merge import merge_runs
-from kmatrix.results.runs import Run
-from kmatrix.results.schema import SCHEMA, Outcome, RunDocument, Verdict, dumps
+from kmatrix.results.runs import Run, load_run
+from kmatrix.results.schema import (
+    SCHEMA,
+    SCHEMA_V1,
+    CellAttribution,
+    Outcome,
+    RunDocument,
+    Verdict,
+    dumps,
+)
 
 P, B = "k/Haswell/virtio", "k+baseline/Haswell/virtio"
 
@@ -174,7 +184,7 @@ def test_attach_and_gate() -> None:
     assert cells[B].attribution is None
     again = RunDocument.from_json(json.loads(dumps(d)), "results.json")  # the schema keeps it
     assert again.to_json() == d.to_json()
-    gating = attr.gating([Run(Path("r.json"), d)])
+    gating = attr.gating(d)
     assert sorted(r.nodeid for r in gating) == [
         "testcases/t.py::test_new[deb/Haswell/virtio]",  # no baseline: gates as always
         f"testcases/t.py::test_new[{P}]",  # caused by the series
@@ -183,11 +193,94 @@ def test_attach_and_gate() -> None:
     for r in d.results:
         if r.nodeid.split("::")[1] in (f"test_new[{P}]", "test_new[deb/Haswell/virtio]"):
             r.outcome = Outcome.PASSED
-    assert attr.gating([Run(Path("r.json"), d)]) == []
+    assert attr.gating(attr.attach(d)) == []
+
+
+def test_attach_leaves_its_input_alone() -> None:
+    d = run_of(twin_doc()).doc
+    before = d.to_json()
+    attached = attr.attach(d)
+    assert d.to_json() == before, "attach returns a new document; it edits none of doc's"
+    assert all(r.attribution is None for r in d.results)
+    assert any(r.attribution is not None for r in attached.results)
+    assert attr.attach(attached).to_json() == attached.to_json()
+
+
+def edited_doc() -> RunDocument:
+    """A stored attribution that recomputation would not give (a file edited, or written by
+    other rules): test_new fails patched and passes on the baseline, so it is computed as
+    caused by the series, but stored as pre-existing."""
+    d = attr.attach(run_of(twin_doc()).doc)
+    new = f"testcases/t.py::test_new[{P}]"
+    results = [
+        dataclasses.replace(
+            r,
+            attribution=dataclasses.replace(
+                r.attribution, verdict=Verdict.PRE_EXISTING, reason="stored, not recomputed"
+            ),
+        )
+        if r.nodeid == new and r.attribution is not None
+        else r
+        for r in d.results
+    ]
+    stored = CellAttribution(
+        verdict=Verdict.PRE_EXISTING,
+        counts={"pre-existing": 2, "fixed": 1, "pass": 1},
+        baseline_status="fail",
+    )
+    cells = [dataclasses.replace(c, attribution=stored) if c.id == P else c for c in d.cells]
+    return dataclasses.replace(d, cells=cells, results=results)
+
+
+def test_reports_show_the_stored_attribution_not_a_recomputed_one(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text(dumps(edited_doc()))
+    run = load_run(tmp_path)
+    recomputed = attr.attribute([run])[(P, f"testcases/t.py::test_new[{P}]")]
+    assert recomputed.verdict is Verdict.SERIES, "the two sources disagree"
+    result = write_reports(tmp_path, quiet=True)
+    assert result.errors == {}
+    page = (tmp_path / "index.html").read_text()
+    assert "stored, not recomputed" in page
+    assert 'data-attr="series"' not in page and "caused by the series" not in page
+    md = (tmp_path / "summary.md").read_text()
+    assert "🟠 **pre-existing**" in md and "stored, not recomputed" in md
+    assert "caused by the series" not in md
+    root = ET.fromstring((tmp_path / "junit-cells.xml").read_text())
+    suite = next(s for s in root.iter("testsuite") if s.get("name") == P)
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["kmatrix.attribution"] == "pre-existing"
+    assert props["kmatrix.attribution_counts"] == "2 pre-existing, 1 fixed, 1 pass"
+    case = next(c for c in suite.iter("testcase") if c.get("name") == f"test_new[{P}]")
+    failure = case.find("failure")
+    assert failure is not None
+    assert failure.get("message", "").startswith("[pre-existing: stored, not recomputed]")
+
+
+def test_the_gate_follows_the_stored_attribution() -> None:
+    gating = attr.gating(edited_doc())
+    assert [r.nodeid for r in gating] == ["testcases/t.py::test_new[deb/Haswell/virtio]"]
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_V1, SCHEMA])
+def test_a_file_without_stored_attribution_gets_it_on_load(tmp_path: Path, schema: str) -> None:
+    """A /1 file (and a /2 one written before kmatrix stored attribution) still renders."""
+    d = twin_doc()
+    d["schema"] = schema
+    (tmp_path / "results.json").write_text(json.dumps(d))
+    run = load_run(tmp_path)
+    cells = {c.id: c.attribution for c in run.cells}
+    patched = cells[P]
+    assert patched is not None and patched.verdict is Verdict.SERIES
+    assert cells[B] is None
+    assert write_reports(tmp_path, quiet=True).errors == {}
+    assert 'data-attr="series"' in (tmp_path / "index.html").read_text()
+    assert "🔴 **caused by the series**" in (tmp_path / "summary.md").read_text()
+    assert 'name="kmatrix.attribution" value="series"' in (tmp_path / "junit-cells.xml").read_text()
 
 
 def test_reports_show_the_attribution(tmp_path: Path) -> None:
     run = Run(tmp_path / "results.json", attr.attach(run_of(twin_doc()).doc))
+    assert attr.stored(run) == attr.attribute([run]), "stored as computed"
     page = report_html.render(run)
     assert 'data-attr="series"' in page and "caused by the series" in page
     assert 'id="attr-filter"' in page and 'data-filter="pre-existing"' in page
@@ -220,8 +313,8 @@ def test_series_view_compares_patched_with_baseline_by_the_existing_rules() -> N
             if r["metrics"]:
                 r["metrics"] = {"m_s": r["metrics"]["m_s"] + i * 0.01}
         runs.append(run_of(d, f"{i}.json"))
-    base = [attr.series_view(r, "baseline") for r in runs]
-    new = [attr.series_view(r, "patched") for r in runs]
+    base = [series_view(r, "baseline") for r in runs]
+    new = [series_view(r, "patched") for r in runs]
     assert {c.id for c in base[0].cells} == {P}, "baseline cells under their twins' ids"
     c = compare_runs(base, new, None)
     verdicts = {t.name.split("[")[0]: t.verdict for t in c.tests}
@@ -230,7 +323,7 @@ def test_series_view_compares_patched_with_baseline_by_the_existing_rules() -> N
     [m] = [m for m in c.metrics if m.label.endswith("m_s")]
     assert m.verdict == "regressed", "2.0 s patched against 1.0 s baseline, 5 runs a side"
     with pytest.raises(ValueError):
-        attr.series_view(runs[0], "other")
+        series_view(runs[0], "other")
 
 
 def test_merge_attributes_across_shards(tmp_path: Path) -> None:
@@ -242,11 +335,29 @@ def test_merge_attributes_across_shards(tmp_path: Path) -> None:
             "results": [r for r in whole["results"] if r["cell"] == keep],
         }
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps(part))
+        # As each shard's collector stores it: the patched shard has no baseline cell.
+        stored = attr.attach(run_of(part).doc)
+        (tmp_path / name / "results.json").write_text(dumps(stored))
+    shard = {c.id: c.attribution for c in load_run(tmp_path / "s1").cells}[P]
+    assert shard is not None and shard.verdict is Verdict.UNDETERMINED
+    assert shard.baseline_status == "not run"
     res = merge_runs(tmp_path / "out", [tmp_path / "s1", tmp_path / "s2"])
     by_test = {r.nodeid: r.attribution for r in res.doc.results}
     new = by_test[f"testcases/t.py::test_new[{P}]"]
     assert new is not None and new.verdict is Verdict.SERIES
+    assert new.baseline_outcome is Outcome.PASSED
+    # What the merged results.json stores, and so what its reports show.
+    merged = load_run(tmp_path / "out")
+    cells = {c.id: c.attribution for c in merged.cells}
+    patched = cells[P]
+    assert patched is not None and patched.verdict is Verdict.SERIES
+    assert patched.baseline_status == "fail" and cells[B] is None
+    assert merged.doc.to_json() == attr.attach(merged.doc).to_json()
+    assert write_reports(tmp_path / "out", quiet=True).errors == {}
+    assert (
+        'name="kmatrix.attribution" value="series"'
+        in (tmp_path / "out" / "junit-cells.xml").read_text()
+    )
 
 
 @pytest.fixture

@@ -105,8 +105,7 @@ def series_comparison(
 ) -> Comparison:
     """Each patched cell of the runs against its baseline twin (tests and metrics); alpha and
     min_change default to kmatrix.results.compare's ALPHA and MIN_CHANGE."""
-    from kmatrix.results.attribution import series_view
-    from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs
+    from kmatrix.results.compare import ALPHA, MIN_CHANGE, compare_runs, series_view
     from kmatrix.results.runs import load_runs
 
     if not paths:

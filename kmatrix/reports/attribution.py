@@ -1,5 +1,6 @@
 """Attribution in the reports: badges, the HTML section and filter, the Markdown table and
-the JUnit properties of cells that ran beside a baseline (kmatrix.results.attribution)."""
+the JUnit properties of cells that ran beside a baseline (kmatrix.results.attribution), as
+the run's results.json stores it."""
 
 from __future__ import annotations
 
@@ -39,12 +40,15 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 class RunAttribution:
-    """The attribution of one run, computed once for every report."""
+    """The attribution of one run as its results.json stores it, for every report (never
+    recomputed here: kmatrix.results.runs.load_run computes it for a file that has none)."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.tests = attr.attribute([run])
-        self.cells: dict[str, CellAttribution] = attr.cell_verdicts([run], self.tests)
+        self.tests = attr.stored(run)
+        self.cells: dict[str, CellAttribution] = {
+            c.id: c.attribution for c in run.cells if c.attribution is not None and c.baseline_cell
+        }
         self.entries: dict[str, CellResult] = {c.id: c for c in run.cells}
 
     def __bool__(self) -> bool:

@@ -18,6 +18,11 @@ kernel is then (schema.Verdict):
 
 Only results.json is read (cells carry `baseline_cell` / `baseline_of` and their boot
 record's `failure`), so a report can be regenerated, and runs merged, at any time.
+
+It is computed where results.json is produced — the run's collector and `kmatrix merge`
+(over the merged document: a baseline cell may come from another shard) — and stored there
+(`attach`). Every reader reads the stored attribution (`stored`); a file written before
+kmatrix stored it gets it computed once, when it is loaded (`with_attribution`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from kmatrix.results.runs import Run, failure_message
+from kmatrix.results.failures import failure_message
 from kmatrix.results.schema import (
     CellAttribution,
     CellResult,
@@ -54,6 +59,16 @@ _BEHAVIOUR = {
 }
 RED = frozenset({Outcome.FAILED, Outcome.ERROR})  # the outcomes that make pytest's status 1
 STAGES = {"build": "did not build", "boot": "did not boot"}
+
+
+class Results(Protocol):
+    """What attribution reads of a run: a runs.Run, or the RunDocument about to be written."""
+
+    @property
+    def cells(self) -> list[CellResult]: ...
+
+    @property
+    def results(self) -> list[TestResult]: ...
 
 
 def behaviour(outcome: str) -> str:
@@ -164,7 +179,7 @@ def decide(
     return PASS, "it passes on both"
 
 
-def _cells(runs: Sequence[Run]) -> dict[str, CellResult]:
+def _cells(runs: Sequence[Results]) -> dict[str, CellResult]:
     out: dict[str, CellResult] = {}
     for run in runs:
         for c in run.cells:
@@ -172,7 +187,7 @@ def _cells(runs: Sequence[Run]) -> dict[str, CellResult]:
     return out
 
 
-def attribute(runs: Sequence[Run]) -> dict[tuple[str, str], Attribution]:
+def attribute(runs: Sequence[Results]) -> dict[tuple[str, str], Attribution]:
     """Every (patched cell, node id) of the runs with a baseline twin, attributed."""
     cells = _cells(runs)
     samples: dict[tuple[str, str], list[TestResult]] = {}
@@ -221,7 +236,7 @@ def attribute(runs: Sequence[Run]) -> dict[tuple[str, str], Attribution]:
 
 
 def cell_verdicts(
-    runs: Sequence[Run], found: dict[tuple[str, str], Attribution] | None = None
+    runs: Sequence[Results], found: dict[tuple[str, str], Attribution] | None = None
 ) -> dict[str, CellAttribution]:
     """Each patched cell's verdict (its most telling test's), with counts per verdict."""
     found = attribute(runs) if found is None else found
@@ -245,62 +260,80 @@ def cell_verdicts(
 
 
 def attach(doc: RunDocument) -> RunDocument:
-    """The document with its attribution written in: on each result of a patched cell and
-    on the cell (baseline cells are the reference and carry none)."""
-    run = Run(Path("results.json"), doc)
-    found = attribute([run])
-    per_cell = cell_verdicts([run], found)
+    """A new document with its attribution computed from its results and written in: on
+    each result of a patched cell and on the cell (baseline cells are the reference and
+    carry none). doc and its records are left as they were."""
+    found = attribute([doc])
+    per_cell = cell_verdicts([doc], found)
+    results = []
     for r in doc.results:
         a = found.get((r.cell, r.nodeid))
-        r.attribution = a.record() if a is not None else None
+        rec = a.record() if a is not None else None
+        # A record whose attribution is already right is shared, not copied: the collector
+        # attaches on every result it writes, and most records are not of patched cells.
+        results.append(r if r.attribution == rec else dataclasses.replace(r, attribution=rec))
     cells = [dataclasses.replace(c, attribution=per_cell.get(c.id)) for c in doc.cells]
-    return dataclasses.replace(doc, cells=cells)
+    return dataclasses.replace(doc, cells=cells, results=results)
 
 
-def gating(runs: Sequence[Run]) -> list[TestResult]:
-    """The red results that fail a run gated on the series (`--kmatrix-gate series`): red
-    results of kernels without a baseline, and red results of patched kernels that are
-    caused by the series or undetermined. Baseline cells never gate; pre-existing and
-    flaky failures do not."""
-    found = attribute(runs)
-    cells = _cells(runs)
-    out = []
-    for run in runs:
-        for r in run.results:
-            if r.outcome not in RED:
-                continue
-            entry = cells.get(r.cell)
-            if entry is not None and entry.baseline_of:
-                continue
-            if entry is not None and entry.baseline_cell:
-                a = found.get((r.cell, r.nodeid))
-                if a is not None and a.verdict not in (SERIES, UNDETERMINED):
-                    continue
-            out.append(r)
+def missing(doc: Results) -> bool:
+    """Whether doc was written before kmatrix stored attribution (schema /1, or an early /2):
+    it has a patched cell without one (attach gives every patched cell one)."""
+    return any(c.baseline_cell and c.attribution is None for c in doc.cells)
+
+
+def with_attribution(doc: RunDocument) -> RunDocument:
+    """doc as read: its stored attribution, or (written before kmatrix stored it) computed."""
+    return attach(doc) if missing(doc) else doc
+
+
+def stored(run: Results) -> dict[tuple[str, str], Attribution]:
+    """The attribution a run's document carries, per (patched cell, node id): what every
+    report shows. Never recomputed here, so a report shows what results.json says even when
+    the rules have changed since (or the file was edited, or merged)."""
+    cells = {c.id: c for c in run.cells}
+    out: dict[tuple[str, str], Attribution] = {}
+    for r in run.results:
+        a = r.attribution
+        if a is None:
+            continue
+        entry = cells.get(r.cell)
+        base = str(a.baseline_outcome) if a.baseline_outcome is not None else ""
+        out[(r.cell, r.nodeid)] = Attribution(
+            cell=r.cell,
+            nodeid=r.nodeid,
+            verdict=a.verdict,
+            reason=a.reason,
+            baseline_cell=entry.baseline_cell if entry is not None else "",
+            baseline_nodeid=a.baseline_nodeid,
+            patched=[str(r.outcome)],  # a document holds one sample of each test
+            baseline=[base] if base else [],
+            metrics=a.metrics,
+            stage=_stage(entry),
+        )
     return out
 
 
-def series_view(run: Run, side: str) -> Run:
-    """One side of a run's twins, for kmatrix.results.compare: "patched" keeps the cells that
-    have a baseline; "baseline" keeps the baseline cells under their patched twins' ids, so
-    that comparing the two views sets each patched (cell, test) and metric against its
-    baseline with the existing statistics (repeat the run for metric verdicts)."""
-    if side not in ("patched", "baseline"):
-        raise ValueError(side)
-    rename: dict[str, str] = {}
-    cells = []
-    for c in run.cells:
-        if side == "patched" and c.baseline_cell:
-            rename[c.id] = c.id
-            cells.append(c)
-        elif side == "baseline" and c.baseline_of:
-            rename[c.id] = c.baseline_of
-            cells.append(
-                dataclasses.replace(c, id=c.baseline_of, kernel=c.baseline_of.split("/")[0])
-            )
-    results = [
-        dataclasses.replace(r, cell=rename[r.cell], nodeid=r.nodeid.replace(r.cell, rename[r.cell]))
-        for r in run.results
-        if r.cell in rename
-    ]
-    return Run(run.path, dataclasses.replace(run.doc, cells=cells, results=results))
+def gating(doc: Results) -> list[TestResult]:
+    """The red results that fail a run gated on the series (`--kmatrix-gate series`): red
+    results of kernels without a baseline, and red results of patched kernels that are
+    caused by the series or undetermined. Baseline cells never gate; pre-existing and
+    flaky failures do not.
+
+    It reads the attribution stored in doc (the collector's document, attached just
+    before), not a fresh computation: the exit status then follows the very verdicts the
+    run's results.json and reports show, whatever may change in how they are computed."""
+    cells = {c.id: c for c in doc.cells}
+    out = []
+    for r in doc.results:
+        if r.outcome not in RED:
+            continue
+        entry = cells.get(r.cell)
+        if entry is not None and entry.baseline_of:
+            continue
+        a = r.attribution
+        patched = entry is not None and bool(entry.baseline_cell)
+        if patched and a is not None and a.verdict not in (SERIES, UNDETERMINED):
+            continue
+        out.append(r)
+    return out

@@ -31,7 +31,7 @@ import math
 import re
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kmatrix.results.known_issues import KnownIssues
@@ -470,3 +470,28 @@ def render_text(c: Comparison) -> str:
     n = len(c.regressions)
     lines.append(f"verdict: {'REGRESSION' if n else 'no regression'} ({n} regression(s))")
     return "\n".join(lines) + "\n"
+
+
+def series_view(run: Run, side: str) -> Run:
+    """One side of a run's twins (kmatrix.results.attribution), for `compare --series`:
+    "patched" keeps the cells that have a baseline; "baseline" keeps the baseline cells
+    under their patched twins' ids, so that comparing the two views sets each patched
+    (cell, test) and metric against its baseline with the existing statistics (repeat the
+    run for metric verdicts)."""
+    if side not in ("patched", "baseline"):
+        raise ValueError(side)
+    rename: dict[str, str] = {}
+    cells = []
+    for c in run.cells:
+        if side == "patched" and c.baseline_cell:
+            rename[c.id] = c.id
+            cells.append(c)
+        elif side == "baseline" and c.baseline_of:
+            rename[c.id] = c.baseline_of
+            cells.append(replace(c, id=c.baseline_of, kernel=c.baseline_of.split("/")[0]))
+    results = [
+        replace(r, cell=rename[r.cell], nodeid=r.nodeid.replace(r.cell, rename[r.cell]))
+        for r in run.results
+        if r.cell in rename
+    ]
+    return Run(run.path, replace(run.doc, cells=cells, results=results))

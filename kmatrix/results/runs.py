@@ -1,6 +1,9 @@
 """Reading finished (or interrupted) runs back from results.json, for reports and compare,
 and writing them: always through the typed document of kmatrix.results.schema.
 
+A run read here carries its attribution (kmatrix.results.attribution) as results.json
+stored it; only a file written before kmatrix stored one has it computed, on load.
+
 Every report is generated from results.json alone (plus the log files it names), so a report
 can be regenerated at any time, from an interrupted run or one copied off a CI job.
 """
@@ -17,7 +20,12 @@ from typing import Any
 
 from kmatrix.errors import InputError
 from kmatrix.host.paths import FileRefused, PathEscape, check_regular, confine, read_text
-from kmatrix.results import rundirs
+from kmatrix.results import attribution, rundirs
+
+# Why a test failed, in one line: its own module (attribution, below runs, needs it too);
+# re-exported for the readers that take it from here.
+from kmatrix.results.failures import failure_message as failure_message
+from kmatrix.results.failures import summarize_failure as summarize_failure
 from kmatrix.results.schema import (
     CellResult,
     Outcome,
@@ -116,7 +124,9 @@ def load_run(path: Path) -> Run:
         raise InputError(f"{file}: not valid JSON: {e}") from None
     except RecursionError:
         raise InputError(f"{file}: not valid JSON: nested too deeply") from None
-    return Run(file, RunDocument.from_json(data, file))
+    # The one place a run without stored attribution (schema /1, or a /2 file written
+    # before kmatrix stored it) gets it: every reader then reads the stored one.
+    return Run(file, attribution.with_attribution(RunDocument.from_json(data, file)))
 
 
 def expand_run_paths(path: Path) -> list[Path]:
@@ -172,24 +182,6 @@ def outcome_note(rec: TestResult) -> str:
     if outcome is Outcome.NOT_APPLICABLE:
         return f"not applicable: {props.get('kmatrix.not_applicable') or rec.message}"
     return ""
-
-
-def summarize_failure(message: str, longrepr: str) -> str:
-    """One line saying why a test failed: pytest's first "E   " line when the long report has
-    one (the assertion, even when the plugin rewrote the report as plain text), else the
-    message, else the report's first line."""
-    for ln in longrepr.splitlines():
-        if ln.startswith("E   ") and ln[1:].strip():
-            return ln[1:].strip()[:500]
-    for text in (message, longrepr):
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-        if first:
-            return first[:500]
-    return ""
-
-
-def failure_message(rec: TestResult) -> str:
-    return summarize_failure(rec.message, rec.longrepr)
 
 
 def failure_text(rec: TestResult) -> str:
