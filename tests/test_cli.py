@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -97,3 +99,34 @@ def test_shell_refuses_a_host_device_the_host_cannot_pass(tmp_path: Path) -> Non
     assert p.returncode == 2, p.stderr
     assert "cannot pass through host PCI device ffff:ff:1f.7" in p.stderr
     assert not (tmp_path / "shell").exists()  # nothing prepared, nothing booted
+
+
+_FORWARD = """
+import os, signal, sys, threading
+from kmatrix.cli.main import _call_forwarding_signals
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+sys.exit(_call_forwarding_signals(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_run_forwards_sigint_unless_the_parent_ignores_it(tmp_path: Path, ignored: bool) -> None:
+    """`kmatrix run` passes Ctrl-C on to its pytest child and kills the guests below it; a
+    SIGINT its parent ignores (a script's background job) stays ignored, instead of killing
+    the guests of a pytest that, inheriting the ignore, would carry on."""
+    # The child stands in for pytest's guest: a sleep named like QEMU, which the forwarding
+    # kills (kill_all(descendants=True)) and which outlives an ignored SIGINT.
+    guest = tmp_path / "qemu-system-x86_64"
+    shutil.copy("/bin/sleep", guest)
+
+    def start() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.SIG_DFL)
+
+    p = subprocess.run(
+        [sys.executable, "-c", _FORWARD, str(guest), "3"], capture_output=True, text=True,
+        timeout=60, preexec_fn=start,
+    )  # fmt: skip
+    if ignored:
+        assert p.returncode == 0, (p.returncode, p.stderr)
+    else:
+        assert p.returncode != 0, (p.returncode, p.stderr)  # the signal ended the child

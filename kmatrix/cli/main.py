@@ -143,7 +143,13 @@ def _call_forwarding_signals(argv: list[str]) -> int:
         # The guests go at once; pytest still unwinds and writes the interrupted run's results.
         kill_all(descendants=True)
 
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A SIGINT the parent ignores (a background job of a script) stays ignored, as pytest
+    # itself and every tool would have it: its child inherits the ignore, so forwarding it
+    # would kill the guests under a pytest that carries on.
+    sigs = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        sigs.append(signal.SIGINT)
+    old = {sig: signal.signal(sig, forward) for sig in sigs}
     try:
         while True:
             try:
