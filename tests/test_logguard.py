@@ -20,7 +20,7 @@ CELLS = ("deb-6.1-cloud/Nehalem/virtio", "deb-6.12-cloud/Haswell/virtio")
 NO_TIME = "deb-6.12-cloud/Haswell/virtio"  # booted with printk.time=0
 PASSING = (
     "test_a_quiet_before", "test_c_quiet_after", "test_d_allowed_warning",
-    "test_e_teardown_warns", "test_f_quiet_last",
+    "test_d_kernel_test_runner_warns", "test_e_teardown_warns", "test_f_quiet_last",
 )  # fmt: skip
 
 
@@ -78,6 +78,20 @@ def test_allowed_report_is_recorded_not_failed(cases: dict[str, JunitCase], cell
 
 @pytest.mark.boot
 @pytest.mark.parametrize("cell", CELLS)
+def test_a_kernel_test_runners_report_is_not_recorded_as_allowed(
+    cases: dict[str, JunitCase], cell: str
+) -> None:
+    """An item that runs a whole kernel-test target leaves its reports to the cases that
+    printed them: it passes, and neither its properties nor the record call them allowed."""
+    kind, text, props = cases[f"test_d_kernel_test_runner_warns[{cell}]"]
+    assert kind == "passed", (kind, text[:2000])
+    assert props["kmatrix.kernel_log"] == (
+        "warning: WARNING in kmx_crash_warn (failed the case that printed it)"
+    )
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("cell", CELLS)
 def test_a_failed_test_gets_the_reports_with_its_own_failure(
     cases: dict[str, JunitCase], cell: str
 ) -> None:
@@ -99,6 +113,7 @@ def test_every_report_is_charged_in_results(run: KmatrixRun, cell: str) -> None:
     assert charged == [
         ("warning", "WARNING in kmx_crash_warn", "test_b_warns", "test"),
         ("warning", "WARNING in kmx_crash_warn", "test_d_allowed_warning", "test"),
+        ("warning", "WARNING in kmx_crash_warn", "test_d_kernel_test_runner_warns", "test"),
         # The teardown of test_e: charged to the cell, after test_e, when test_f set up.
         ("refcount", "WARNING: refcount bug in kmx_crash_refcount", "", "between"),
         ("divide_error", "divide error in kmx_crash_div", "test_g_fails_and_oopses", "test"),
@@ -109,17 +124,17 @@ def test_every_report_is_charged_in_results(run: KmatrixRun, cell: str) -> None:
     assert between["after"].endswith(f"test_e_teardown_warns[{cell}]")
     assert findings[-1]["after"].endswith(f"test_g_fails_and_oopses[{cell}]")
     allowed = [f["allowed"] for f in findings if f["phase"]]
-    assert allowed == [False, True, False, False, False]
+    assert allowed == [False, True, False, False, False, False]
 
 
 @pytest.mark.boot
 def test_without_timestamps_the_cell_dmesg_has_the_reports(run: KmatrixRun) -> None:
-    """With printk.time=0 no log line has a timestamp: the guard reads by sequence number, and
-    the cell's dmesg.log (kernel records only) is parsed without needing timestamps, so each
-    report the guard charged is its dmesg.log finding, with the charge."""
+    """With printk.time=0 no console line has a timestamp: the guard reads by sequence
+    number, and the cell's dmesg.log (rendered from the /dev/kmsg records, whose timestamps
+    are there whatever printk.time says) has each report the guard charged, with the charge."""
     findings = cell_findings(run, NO_TIME)
     assert {f["source"] for f in findings} == {"dmesg.log"}, findings
-    assert len(findings) == 5 and all(f["phase"] and f["seq"] is not None for f in findings)
+    assert len(findings) == 6 and all(f["phase"] and f["seq"] is not None for f in findings)
 
 
 @pytest.mark.boot

@@ -46,6 +46,13 @@ def test_d_allowed_warning(crash: GuestSession) -> None:
     assert "WARNING: CPU:" in new_log(crash, mark)
 
 
+def test_d_kernel_test_runner_warns(crash: GuestSession, request: pytest.FixtureRequest) -> None:
+    # As a kselftest/KUnit item that runs a whole target does: the report fails the case that
+    # printed it (kerneltests), not this item, and is not recorded as allowed.
+    request.node.kmatrix_attributes_reports = True
+    crash.run("echo warn > /proc/kmx_crash", check=True)
+
+
 @pytest.fixture
 def warns_in_teardown(crash: GuestSession) -> Iterator[None]:
     yield
