@@ -25,7 +25,7 @@ from kmatrix.resources import data_dir
 
 IMAGES_DIR = data_dir("images")
 VFIO_SRC = IMAGES_DIR / "programs" / "kmx-vfio.c"
-needs_gcc = pytest.mark.skipif(
+needs_compiler = pytest.mark.skipif(
     shutil.which("musl-gcc") is None or not Path("/usr/include/linux/vfio.h").is_file(),
     reason="musl-gcc or linux-libc-dev absent: run `kmatrix setup`",
 )
@@ -125,7 +125,7 @@ def test_source_change_changes_the_image_digest(tmp_path: Path) -> None:
     assert load_recipe(images).digest() != before
 
 
-@needs_gcc
+@needs_compiler
 def test_kmx_vfio_compiles_static_once_and_speaks_the_protocol(cache: Path) -> None:
     binary = compile_program(VFIO_SRC)
     assert binary.is_relative_to(cache)
@@ -149,7 +149,7 @@ def test_kmx_vfio_compiles_static_once_and_speaks_the_protocol(cache: Path) -> N
     )
 
 
-@needs_gcc
+@needs_compiler
 def test_program_replaces_an_applet_in_the_image(tmp_path: Path, cache: Path) -> None:
     recipe = Recipe(
         busybox=Path("/bin/busybox"), files=(), tools=(), programs=((VFIO_SRC, "/bin/ls"),)
@@ -165,7 +165,7 @@ def test_program_replaces_an_applet_in_the_image(tmp_path: Path, cache: Path) ->
     assert (tmp_path / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
 
 
-@needs_gcc
+@needs_compiler
 def test_source_that_does_not_compile_names_the_file_and_gcc_message(
     tmp_path: Path, cache: Path
 ) -> None:
