@@ -117,6 +117,22 @@ def _boots_only_when_marked(
         )
 
 
+# --- signal handlers ------------------------------------------------------------------------------
+# A command called in-process (kmatrix bisect, build) installs SIGTERM/SIGINT handlers that raise
+# KeyboardInterrupt. Left in place, every later fork inherits them: a multiprocessing pool's
+# terminate() then SIGTERMs workers that unwind in Python instead of dying, one can die holding
+# the pool's queue lock, and the next waits on it for ever (a hung suite, seen in test_cache).
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
 # --- child pytest runs with the kmatrix plugin --------------------------------------------------
 
 

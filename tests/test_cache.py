@@ -28,8 +28,15 @@ def _slow_build(dest: str, log: str) -> str:
 def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     dest, log = tmp_path / "entry.bin", tmp_path / "builds.log"
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(4) as pool:
+    pool = ctx.Pool(4)
+    try:
         paths = pool.starmap(_slow_build, [(str(dest), str(log))] * 8)
+    finally:
+        # close + join: the workers leave on the queue's sentinel. (The with-block's
+        # terminate() SIGTERMs them instead, and a worker that unwinds rather than dies can
+        # leave the queue lock held and another worker waiting on it for ever.)
+        pool.close()
+        pool.join()
     assert set(paths) == {str(dest)}
     assert len(log.read_text().split()) == 1, "built more than once"
     assert cache.is_complete(dest)
