@@ -206,9 +206,11 @@ done
 for f in /bin/* /sbin/*; do
     [ -e /usr$f ] || ln -s $f /usr$f 2>/dev/null
 done
-{settings}kmx_p() {{
-    printf '<6>{PROGRESS} {nonce}: %s\\n' "$1" >/dev/kmsg 2>/dev/null
+{settings}# The console copy first: it is what the host reads back when the guest goes down, so a
+# panic set off by the kernel-log copy (or coming right after it) finds the line there.
+kmx_p() {{
     printf '{PROGRESS} {nonce}: %s\\n' "$1" >/dev/console 2>/dev/null
+    printf '<6>{PROGRESS} {nonce}: %s\\n' "$1" >/dev/kmsg 2>/dev/null
 }}
 kmx_p "begin {target}"
 ./run_kselftest.sh {tests} 2>&1 | while IFS= read -r l; do
