@@ -9,9 +9,7 @@ The search itself is kmatrix.results.bisect.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from kmatrix.build.builder import build_kernel, recorded_failure
 from kmatrix.build.patches import Patch, load_series
 from kmatrix.build.prefixes import VANILLA, applicable, prefix_spec, upto_length
 from kmatrix.cli.locations import testcase_dirs
+from kmatrix.cli.signals import sigterm_unwinds
 from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
 from kmatrix.config.specs import Cell, Matrix
 from kmatrix.errors import BuildFailure, InputError
@@ -182,6 +181,7 @@ def _table(b: search.Bisection, label: Any) -> str:
                      for r in rows)  # fmt: skip
 
 
+@sigterm_unwinds()
 def bisect_command(
     matrix_path: Path,
     cell_id: str,
@@ -198,12 +198,6 @@ def bisect_command(
     if runs < 1:
         raise InputError(f"--runs {runs}: each step needs at least one run")
 
-    def on_term(signum: int, frame: object) -> None:
-        # Unwind like Ctrl-C: a build's make and a run's pytest (and its QEMU) are stopped.
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, on_term)
     m = load_matrix(matrix_path)
     cell = m.cell(cell_id)
     k = cell.kernel

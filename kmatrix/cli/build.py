@@ -3,8 +3,6 @@ kselftest targets their cells run (matrix `suites.kselftest`)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from pathlib import Path
 
@@ -16,12 +14,14 @@ from kmatrix.build.kselftest import (
     requirements,
     target_files,
 )
+from kmatrix.cli.signals import sigterm_unwinds
 from kmatrix.errors import BuildFailure, KmatrixError
 from kmatrix.guest.kselftest import selftest_source
 from kmatrix.kernels import load_matrix
 from kmatrix.kernels.kconfig import parse_config
 
 
+@sigterm_unwinds()
 def build_command(matrix_path: Path, names: list[str]) -> int:
     """`kmatrix build`: builds (or finds in the cache) the matrix's source-built kernels."""
     m = load_matrix(matrix_path)
@@ -34,12 +34,6 @@ def build_command(matrix_path: Path, names: list[str]) -> int:
             f"{built_names})"
         )
 
-    def on_term(signum: int, frame: object) -> None:
-        # Unwind like Ctrl-C: make's process group is killed and the scratch tree removed.
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, on_term)
     failed = 0
     configs: dict[str, dict[str, str]] = {}  # kernel name -> its built config
     for k in kernels:
