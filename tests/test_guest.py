@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -95,11 +96,23 @@ def test_poweroff_and_no_leftover(cloud61: Cell, tmp_path: Path) -> None:
 
 
 @pytest.mark.boot
-def test_kill_leaves_nothing(cloud61: Cell, tmp_path: Path) -> None:
+def test_kill_leaves_nothing(
+    cloud61: Cell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     g = Guest(cloud61, tmp_path / "cell", accel="tcg")
     g.start()
     assert g.machine is not None and g.machine.proc is not None
     pid = g.machine.proc.pid
+    # A loaded host can hold the harness back for a while between two steps of stop(). The
+    # guest must still be running when QEMU is told to quit: closing the agent channel first
+    # made the guest power itself off in that gap, and the quit was never recorded.
+    shutdown = g.machine.shutdown
+
+    def held_back_shutdown(timeout: float = 5.0) -> int | None:
+        time.sleep(2)
+        return shutdown(timeout)
+
+    monkeypatch.setattr(g.machine, "shutdown", held_back_shutdown)
     g.stop()  # the guest still runs: quit via QMP
     assert g.machine.shutdown_steps == ["qmp-quit"]
     assert pid not in qemu_pids()

@@ -725,11 +725,11 @@ class Guest:
 
     def _end_vm(self) -> None:
         """Ends QEMU and the channels to it; transcript and snapshot stay for the next VM."""
+        if self.machine is not None:
+            self.machine.shutdown()  # before the channel closes: see stop()
         if self.session is not None:
             self.session.close()
             self.session = None
-        if self.machine is not None:
-            self.machine.shutdown()
         self._close_recorder()
 
     def stop(self, collect: bool = True) -> None:
@@ -738,13 +738,15 @@ class Guest:
             if collect:
                 self.save_dmesg()
         finally:
-            if self.session is not None:
-                self.session.close()
+            # QEMU goes first: once the host closes the agent channel, the agent reads EOF and
+            # powers the guest off, and that would race the QMP quit this records.
             if self.machine is not None:
                 self.machine.shutdown()
                 self.record.shutdown_steps += self.machine.shutdown_steps
                 if self.record.exitcode is None:
                     self.record.exitcode = self.machine.exitcode
+            if self.session is not None:
+                self.session.close()
             self._close_recorder()
             self.discard_snapshot()
             if self._transcript is not None:

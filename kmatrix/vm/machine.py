@@ -247,14 +247,16 @@ class Machine:
         if self.proc is None:
             self._close()  # never launched: still remove its run directory
             return None
+        # A step is credited when QEMU is gone after it, even if it went just after the wait
+        # gave up (a loaded host): an exit is never left unaccounted for.
         if self.proc.poll() is None and self.qmp is not None:
             with contextlib.suppress(Exception):
                 self.qmp.cmd("quit", timeout=timeout)
-            if self.wait_exit(timeout) is not None:
+            if self.wait_exit(timeout) is not None or self.proc.poll() is not None:
                 self.shutdown_steps.append("qmp-quit")
         if self.proc.poll() is None:
             self._signal(signal.SIGTERM)
-            if self.wait_exit(timeout) is not None:
+            if self.wait_exit(timeout) is not None or self.proc.poll() is not None:
                 self.shutdown_steps.append("sigterm")
         if self.proc.poll() is None:
             self.kill()
