@@ -8,6 +8,7 @@ these tests skip, saying what to run, unless it is (or KMATRIX_TEST_BUILDS=1).""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,32 +64,54 @@ def guest(cell: Cell, prepared: ksft.Prepared, tmp_path: Path) -> Iterator[Guest
 
 @pytest.mark.boot
 def test_crash_mid_target(guest: Guest, prepared: ksft.Prepared) -> None:
-    """The kernel panics (sysrq) once nanosleep reported its second case: that run ends
-    early; the console says how far it got; the case that was running then fails with the
-    panic, the ones after it are not run, the ones before keep their results."""
+    """The kernel panics (sysrq) once the runner started the target's second program: that
+    run ends early; the console says how far it got; the program that was running fails with
+    the panic, the one after it is not run, the one before keeps its cases' results."""
     assert guest.session is not None and prepared.disk is not None
-    # A blocking read of /dev/kmsg wakes on the line itself (polling `dmesg` under a loaded
-    # TCG guest could notice it only after nanosleep's remaining cases, ~15 s, were done).
+    # A program's results come in one burst when it exits (its output is a pipe, so
+    # buffered): a crash set off by one of nanosleep's result lines would race the rest of
+    # that burst. The runner's header for nsleep-lat comes alone, and nsleep-lat then runs
+    # for tens of seconds under TCG. A blocking read of /dev/kmsg wakes on the line itself.
     guest.session.run(
-        "(grep -q 'ok 2 CLOCK_MONOTONIC' /dev/kmsg; echo c >/proc/sysrq-trigger) >/dev/null 2>&1 &",
+        "(grep -q 'selftests: timers: nsleep-lat' /dev/kmsg; echo c >/proc/sysrq-trigger)"
+        " >/dev/null 2>&1 &",
         timeout=10,
         check=True,
     )
+    programs = ["nanosleep", "nsleep-lat", "posix_timers"]
     known: dict[tuple[str, ...], list[str]] = {("nanosleep",): NANOSLEEP}
-    run = ksft.run_target(guest, prepared.disk, "timers", ["nanosleep"], 45, None, known)
+    run = ksft.run_target(guest, prepared.disk, "timers", programs, 120, None, known)
     unit = run.unit
     assert unit.ended is not None and unit.ended.startswith("the guest went down"), unit
     assert "panic: Kernel panic - not syncing: sysrq triggered crash" in unit.ended, unit.ended
-    chain = running_chain(unit)
-    assert chain is not None and chain[0] == "nanosleep" and chain[1] in NANOSLEEP[2:], chain
-    items = [("nanosleep",), *(("nanosleep", c) for c in NANOSLEEP)]
+    assert running_chain(unit) == ("nsleep-lat",), unit
+    items = [("nanosleep",), *(("nanosleep", c) for c in NANOSLEEP), ("nsleep-lat",),
+             ("posix_timers",)]  # fmt: skip
     v = {p: verdict(unit, p, items) for p in items}
-    assert v[chain].outcome == FAILED and "it was running nanosleep/" in v[chain].message
-    after = NANOSLEEP[NANOSLEEP.index(chain[1]) + 1 :]
-    assert all(v[("nanosleep", c)].outcome == SKIPPED for c in after)
-    assert all(v[("nanosleep", c)].message.startswith("not run") for c in after)
+    assert v[("nsleep-lat",)].outcome == FAILED, v[("nsleep-lat",)]
+    assert "it was running nsleep-lat" in v[("nsleep-lat",)].message, v[("nsleep-lat",)]
+    assert v[("posix_timers",)].outcome == SKIPPED
+    assert v[("posix_timers",)].message.startswith("not run")
+    assert v[("nanosleep",)].outcome == "passed"
     assert v[("nanosleep", "CLOCK_REALTIME")].outcome == "passed"
-    assert v[("nanosleep",)].outcome == SKIPPED  # not run to its end; the case reports it
+    assert v[("nanosleep", "CLOCK_PROCESS_CPUTIME_ID")].outcome == SKIPPED  # its own SKIP
+
+
+@pytest.mark.boot
+def test_progress_reaches_console_and_kernel_log(guest: Guest, prepared: ksft.Prepared) -> None:
+    """Every progress line of a run is in the console and in the kernel log, in order, even
+    when a program's results come in a burst (the kernel rate-limits writers of /dev/kmsg)."""
+    assert guest.session is not None and prepared.disk is not None
+    known: dict[tuple[str, ...], list[str]] = {("nanosleep",): NANOSLEEP}
+    run = ksft.run_target(guest, prepared.disk, "timers", ["nanosleep"], 45, None, known)
+    assert run.unit.ended is None and run.unit.error is None, run.unit
+    console = guest.console_log.read_text(errors="replace")
+    m = re.search(rf"{ksft.PROGRESS} (\w+): begin timers", console)
+    assert m is not None, console[-2000:]
+    on_console, _ = ksft.progress_lines(console, m.group(1))
+    in_log, _ = ksft.progress_lines(guest.session.run("dmesg", check=True).stdout, m.group(1))
+    assert len(on_console) >= 2 + len(NANOSLEEP), on_console  # header, cases, its result
+    assert [ln.rstrip() for ln in in_log] == [ln.rstrip() for ln in on_console]
 
 
 @pytest.mark.boot

@@ -1311,6 +1311,8 @@ def test_cli_values(env: Env) -> None:
         (("compare", run, run, "--alpha", "nan"), "--alpha", "between 0 and 1"),
         (("run", "-m", m, "--repeat", "0"), "--repeat", "1 or more"),
         (("run", "-m", m, "--repeat", "-3"), "--repeat", "1 or more"),
+        (("run", "-m", m, "--rerun", "-1"), "--rerun", "0 or more"),
+        (("bisect", "-m", m, CELL, "--runs", "0"), "--runs", "1 or more"),
         (("run", "-m", m, "--reports", a_file), "--reports", "not a directory"),
         (("shell", "-m", m, CELL, "--reports", a_file), "--reports", "not a directory"),
         (("merge", a_file, run), "OUT_DIR", "not a directory"),
@@ -1346,6 +1348,7 @@ def test_shell_unknown_cell(env: Env) -> None:
 PLUGIN_CASES: dict[str, tuple[tuple[str, ...], str]] = {
     "retries-negative": (("--kmatrix-retries=-1",), "--kmatrix-retries: -1: must be 0 or more"),
     "retries-word": (("--kmatrix-retries=many",), "--kmatrix-retries: 'many' is not a whole"),
+    "rerun-negative": (("--kmatrix-rerun=-2",), "--kmatrix-rerun: -2: must be 0 or more"),
     "shard-0-0": (("--kmatrix-shard=0/0",), "--kmatrix-shard '0/0': I must be between 1 and N"),
     "shard-3-2": (("--kmatrix-shard=3/2",), "--kmatrix-shard '3/2': I must be between 1 and N"),
     "shard-a-b": (("--kmatrix-shard=a/b",), "--kmatrix-shard 'a/b': expected I/N"),

@@ -18,7 +18,7 @@ from kmatrix.cli import report as report_cli
 from kmatrix.cli.locations import testcase_dirs
 from kmatrix.cli.values import directory, output_file
 from kmatrix.config.hostaccess import ALLOW_OPTION, check_run_allows
-from kmatrix.config.optionvalues import positive
+from kmatrix.config.optionvalues import count, positive
 from kmatrix.config.specs import Matrix
 from kmatrix.errors import KmatrixError
 from kmatrix.host.tools import ensure_host_packages
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sp.add_argument(
         "--rerun",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="rerun a failed test up to N times on a clean guest; one that then passes is flaky",
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     with_matrix(sp)
     sp.add_argument("cell", help="the cell, e.g. kmx-6.1/Haswell/virtio")
     sp.add_argument("-k", dest="tests", help="pytest -k expression: the tests to run (all)")
-    sp.add_argument("--runs", type=int, default=3, help="runs of the tests per step (3)")
+    sp.add_argument("--runs", type=positive, default=3, help="runs of the tests per step (3)")
     sp.add_argument("--good", help="the known-good end: a patch, or vanilla (the baseline)")
     sp.add_argument("--reports", type=Path, default=Path("reports"), help="logs go in here")
     sp.add_argument("--json", type=output_file, help="also write the steps and the answer as JSON")

@@ -19,10 +19,10 @@ def whole_number(text: str, minimum: int) -> int:
 
 
 def count(text: str) -> int:
-    """A whole number >= 0 (--kmatrix-retries)."""
+    """A whole number >= 0 (--kmatrix-retries, --kmatrix-rerun)."""
     return whole_number(text, 0)
 
 
 def positive(text: str) -> int:
-    """A whole number >= 1 (--repeat)."""
+    """A whole number >= 1 (--repeat, bisect --runs)."""
     return whole_number(text, 1)

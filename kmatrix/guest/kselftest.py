@@ -11,9 +11,9 @@ busybox lacks: bash (for shell-script tests) and coreutils' `timeout` (the runne
 
 A target runs as `run_kselftest.sh -t target:prog ...` in the unpacked install. What it
 prints comes back over the agent channel; its result lines are also written, as they
-appear, to /dev/kmsg (so the kernel log says which case ran when a report was printed) and
-to the console (so that after a crash or a hang the console log still says how far the
-target got).
+appear, to the console (so that after a crash or a hang the console log still says how far
+the target got) and then to /dev/kmsg (so the kernel log says which case ran when a report
+was printed), by the guest program kmx-progress.
 """
 
 from __future__ import annotations
@@ -206,20 +206,15 @@ done
 for f in /bin/* /sbin/*; do
     [ -e /usr$f ] || ln -s $f /usr$f 2>/dev/null
 done
-{settings}# The console copy first: it is what the host reads back when the guest goes down, so a
-# panic set off by the kernel-log copy (or coming right after it) finds the line there.
-kmx_p() {{
-    printf '{PROGRESS} {nonce}: %s\\n' "$1" >/dev/console 2>/dev/null
-    printf '<6>{PROGRESS} {nonce}: %s\\n' "$1" >/dev/kmsg 2>/dev/null
+{settings}# kmx-progress mirrors the runner's progress to the console (drained before it goes
+# on) and to the kernel log: see images/programs/kmx-progress.c.
+command -v kmx-progress >/dev/null || {{
+    echo "kmx-progress is not in the guest image (images/recipe.yaml, base_programs)" >&2
+    exit 97
 }}
-kmx_p "begin {target}"
-./run_kselftest.sh {tests} 2>&1 | while IFS= read -r l; do
-    printf '%s\\n' "$l"
-    case "$l" in
-        *"ok "[0-9]*|*"selftests: "*|*"# Subtest: "*) kmx_p "$l" ;;
-    esac
-done
-kmx_p "end {target}"
+kmx-progress '{PROGRESS} {nonce}' "begin {target}"
+./run_kselftest.sh {tests} 2>&1 | kmx-progress '{PROGRESS} {nonce}'
+kmx-progress '{PROGRESS} {nonce}' "end {target}"
 """
 
 

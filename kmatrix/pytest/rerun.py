@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
+from kmatrix.config.optionvalues import count
 from kmatrix.config.specs import Cell
 from kmatrix.errors import KmatrixError
 from kmatrix.guest.lifecycle import CellState
@@ -39,7 +40,7 @@ OUTCOME = Outcome.FLAKY
 def add_options(group: Any) -> None:
     group.addoption(
         "--kmatrix-rerun",
-        type=int,
+        type=count,
         default=0,
         metavar="N",
         help="rerun a failed test up to N times on a clean guest (snapshot restore, else a "
