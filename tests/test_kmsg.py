@@ -7,9 +7,10 @@ import pytest
 
 from kmatrix.errors import GuestError
 from kmatrix.guest.guest import Guest
-from kmatrix.guest.kmsg import parse_kmsg, read_kmsg, render, render_lines
+from kmatrix.guest.kmsg import kernel_log, parse_kmsg, read_kmsg, render, render_lines
 from kmatrix.guest.logmark import log_mark, new_log
 from kmatrix.guest.session import CommandResult
+from kmatrix.results.ktap import strip_printk
 from kmatrix.results.logparse import parse_kernel_log
 
 OUTPUT = (
@@ -96,3 +97,17 @@ def test_kmx_kmsg_on_its_own_reads_from_the_oldest_record(booted61: Guest) -> No
     assert read.records[0].seq == 0 and read.next == read.records[-1].seq + 1
     nothing = parse_kmsg(s.run(f"kmx-kmsg {read.next} </dev/null", check=True).stdout)
     assert nothing.records == () and nothing.next >= read.next
+
+
+def test_kernel_log_is_dmesg_from_records(booted61: Guest) -> None:
+    """kernel_log, which the kept dmesg.log and the kselftest and KUnit readers use, gives the
+    lines `dmesg` gives (text after the printk prefix), new ones included, without a `dmesg`."""
+    s = booted61.session
+    assert s is not None
+    s.run("printf 'kmatrix: two\\nlines\\n' > /dev/kmsg", check=True)
+    ours = kernel_log(s)
+    theirs = s.run("dmesg", check=True).stdout
+    assert [strip_printk(ln) for ln in ours.splitlines()] == [
+        strip_printk(ln) for ln in theirs.splitlines()
+    ]
+    assert "kmatrix: two\n" in ours and ours.splitlines()[0].startswith("[    0.000000]")

@@ -40,7 +40,7 @@ from kmatrix.guest.datadisk import (
 )
 from kmatrix.guest.disks import ExtraDisk, attachable, layered_initrd
 from kmatrix.guest.image import ModuleIndex, base_modules, build_image, channel_for, module_name
-from kmatrix.guest.kmsg import read_kmsg, render
+from kmatrix.guest.kmsg import kernel_log
 from kmatrix.guest.session import CommandResult, GuestSession
 from kmatrix.host.cache import stamped_digest
 from kmatrix.kernels.artifact import KernelArtifact, resolve
@@ -579,11 +579,7 @@ class Guest:
         a `dmesg` of the whole log costs ~0.15 s under TCG), else `dmesg`."""
         if self.alive and self.session is not None:
             with contextlib.suppress(KmatrixError, OSError):
-                try:
-                    text = render(read_kmsg(self.session, 0).records)
-                except GuestError:  # no /dev/kmsg, or a reader that failed
-                    text = self.session.run("dmesg", timeout=20).stdout
-                (self.outdir / name).write_text(text)
+                (self.outdir / name).write_text(kernel_log(self.session, timeout=20))
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -715,7 +711,7 @@ class Guest:
         since = self.record.userspace_uptime or 0.0
         with contextlib.suppress(KmatrixError, OSError):
             keep, on = [], False
-            for line in self.session.run("dmesg", timeout=20).stdout.splitlines():
+            for line in kernel_log(self.session, timeout=20).splitlines():
                 m = _PRINTK_TIME.match(line)
                 if m:
                     on = float(m.group(1)) > since

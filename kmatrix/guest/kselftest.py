@@ -48,6 +48,7 @@ from kmatrix.guest.disks import (
     unpack_script,
 )
 from kmatrix.guest.guest import Guest
+from kmatrix.guest.kmsg import kernel_log
 from kmatrix.host.cache import stamped_digest
 from kmatrix.kernels.artifact import KernelArtifact
 from kmatrix.results import ktap
@@ -325,7 +326,7 @@ def run_target(
     unit = Unit(normalise(ktap.parse(out), target), known)
     findings: list[tuple[Path_ | None, Finding]] = []
     with contextlib.suppress(KmatrixError, OSError):
-        findings = attribute(g.session.run("dmesg", timeout=30).stdout, nonce, target, known)
+        findings = attribute(kernel_log(g.session), nonce, target, known)
     return TargetRun(unit, seconds, findings, out)
 
 

@@ -35,6 +35,7 @@ import pytest
 from kmatrix.config.specs import Cell, KselftestTarget
 from kmatrix.errors import BuildFailure, KmatrixError
 from kmatrix.guest.guest import Guest
+from kmatrix.guest.kmsg import kernel_log
 from kmatrix.kernels.artifact import KernelArtifact, resolve
 from kmatrix.kernels.kconfig import parse_config
 from kmatrix.pytest import applicability
@@ -246,7 +247,7 @@ class KernelTestItem(pytest.Item):
 
     def _read_kunit(self, g: Guest) -> _UnitRun:
         assert g.session is not None
-        text = g.session.run("dmesg", timeout=30, check=True).stdout
+        text = kernel_log(g.session)
         tree = ktap.kernel_log_ktap(text)
         if not tree.subtests:
             console = ktap.kernel_log_ktap(_read(g.console_log))
