@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pexpect
@@ -57,9 +56,15 @@ def test_shell_gives_an_interactive_guest(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         child.expect("interactive shell on the console")
-        time.sleep(0.5)
-        child.sendline("echo $((6*7)); uname -r")
-        child.expect("42")
+        # The shell may start after the line above and drop what was typed before it set up
+        # the terminal: ask until it answers (the typed line echoes "$((6*7))", never "42").
+        for _ in range(40):
+            child.sendline("echo kmx-$((6*7))")
+            if child.expect(["kmx-42", pexpect.TIMEOUT], timeout=3) == 0:
+                break
+        else:
+            pytest.fail("the guest shell never answered")
+        child.sendline("uname -r")
         child.expect("6.1.0-57-cloud-amd64")
         child.sendline("stress-ng --version")  # the tools disk, mounted before the shell
         child.expect("stress-ng, version")
