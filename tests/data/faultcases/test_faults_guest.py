@@ -18,8 +18,15 @@ from kmatrix.guest.session import GuestSession
 
 def test_a_sigkill_qemu(booted: Guest, guest: GuestSession) -> None:
     assert booted.machine is not None and booted.machine.proc is not None
-    guest.run("echo before-the-kill > /dev/ttyS0")
-    time.sleep(0.5)
+    # The line must have left the guest before the kill: a write to ttyS0 returns once the
+    # tty holds it, and the UART sends it when a vCPU next runs (late on a loaded host). It is
+    # written a second late here on purpose, which a fixed pause before the kill (0.5 s once)
+    # loses; the kill waits, bounded, until the host has read it.
+    guest.run("(sleep 1; echo before-the-kill > /dev/ttyS0) >/dev/null 2>&1 &", check=True)
+    deadline = time.monotonic() + 60
+    while b"before-the-kill" not in booted.console_log.read_bytes():
+        assert time.monotonic() < deadline, "the console line never reached the host"
+        time.sleep(0.05)
     os.kill(booted.machine.proc.pid, signal.SIGKILL)
     guest.run("echo unreachable")
 
