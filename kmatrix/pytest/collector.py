@@ -3,8 +3,11 @@
 Collection happens where reports arrive, which under xdist is the controller, so workers and
 controller never write the same file. Per-cell facts (boot record, kernel-log findings,
 artefact paths) are files the worker left in the cell's directory; they are read at the end.
-results.json is rewritten after every cell's last test, and written through a temporary
-name, so an interrupted run still leaves a whole, readable file.
+results.json is rewritten after every cell's last test, and between those at most as often
+as keeps the writing to WRITE_SHARE of the run's time (a rewrite costs time in proportion to
+the results so far: after every test, a run was quadratic in its tests). It is written
+through a temporary name, so an interrupted run still leaves a whole, readable file; a
+signalled run writes it whole at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import platform
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +97,12 @@ def read_cell_file(path: Path, read: Callable[[object, Path], T], default: T) ->
         return default
 
 
+# Between cells, results.json (and the per-cell JUnit) is rewritten no more often than keeps
+# the writing to this share of the time: 0.5 s for 882 results at load 7 means every 10 s.
+WRITE_SHARE = 0.05
+_clock = time.monotonic  # the write pacing's clock (a test steps it)
+
+
 class ResultsCollector:
     """A pytest plugin object registered on the process that sees every report."""
 
@@ -114,6 +124,8 @@ class ResultsCollector:
         # The plan (matrix digest, shard, planned cells) for the "run" section, once known.
         self.plan: RunPlan | None = None
         self.gate_note = ""  # why --kmatrix-gate series turned a red run green
+        self.done: dict[str, set[str]] = {}  # cell id -> the tests whose teardown came
+        self._last_write = (0.0, 0.0)  # when the last write ended, and what it cost (monotonic)
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -160,7 +172,15 @@ class ResultsCollector:
                     # "E   " line is the assertion; its first line is only source context.
                     rec.message = summarize_failure("", rec.longrepr)[:2000]
         if report.when == "teardown":
-            self.write()
+            done = self.done.setdefault(cell_id, set())
+            done.add(report.nodeid)
+            planned = self.plan.tests.get(cell_id) if self.plan is not None else None
+            if (planned is not None and len(done) >= planned) or self._write_due():
+                self.write()
+
+    def _write_due(self) -> bool:
+        ended, cost = self._last_write
+        return _clock() - ended >= cost / WRITE_SHARE
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:
@@ -370,6 +390,14 @@ class ResultsCollector:
         return attribution.attach(doc)
 
     def write(self) -> None:
+        t0 = _clock()
+        try:
+            self._write()
+        finally:
+            end = _clock()
+            self._last_write = (end, end - t0)
+
+    def _write(self) -> None:
         doc = self.document()
         try:
             write_run(self.reports / "results.json", doc)
