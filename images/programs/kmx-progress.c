@@ -24,6 +24,7 @@
 
 /* /dev/kmsg takes a record of at most 1024 bytes less its header (LOG_LINE_MAX on 6.1). */
 #define KMSG_TEXT_MAX 900
+#define MARK_MAX 100
 
 static int console_fd = -1;
 static const char *mark;
@@ -42,7 +43,7 @@ static void write_all(int fd, const char *buf, size_t len)
 
 static void mirror(const char *text, size_t len)
 {
-	char line[KMSG_TEXT_MAX + 256];
+	char line[KMSG_TEXT_MAX + MARK_MAX + 16]; /* "<6>MARK: TEXT\n" always fits */
 	int n, fd;
 
 	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
@@ -89,6 +90,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	mark = argv[1];
+	if (strlen(mark) > MARK_MAX) {
+		fprintf(stderr, "kmx-progress: MARK is longer than %d bytes\n", MARK_MAX);
+		return 2;
+	}
 	console_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 	if (argc == 3) {
 		mirror(argv[2], strlen(argv[2]));
