@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -107,31 +108,54 @@ def test_shell_refuses_a_host_device_the_host_cannot_pass(tmp_path: Path) -> Non
 
 
 _FORWARD = """
-import os, signal, sys, threading
+import builtins, os, signal, sys, threading, time
 from kmatrix.cli.main import _call_forwarding_signals
+if os.environ.get("KMX_SLOW_IMPORT"):
+    # A loaded host: the first import of what the forwarding needs takes seconds.
+    real_import = builtins.__import__
+    def slow_import(name, *args, **kw):
+        if name == "kmatrix.vm.machine":
+            time.sleep(2)
+        return real_import(name, *args, **kw)
+    builtins.__import__ = slow_import
 threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
 sys.exit(_call_forwarding_signals(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("ignored", [False, True])
-def test_run_forwards_sigint_unless_the_parent_ignores_it(tmp_path: Path, ignored: bool) -> None:
+@pytest.mark.parametrize(
+    ("ignored", "slow"), [(False, False), (True, False), (False, True)],
+    ids=["forwarded", "ignored", "during-a-slow-start"],
+)  # fmt: skip
+def test_run_forwards_sigint_unless_the_parent_ignores_it(
+    tmp_path: Path, ignored: bool, slow: bool
+) -> None:
     """`kmatrix run` passes Ctrl-C on to its pytest child and kills the guests below it; a
     SIGINT its parent ignores (a script's background job) stays ignored, instead of killing
-    the guests of a pytest that, inheriting the ignore, would carry on."""
+    the guests of a pytest that, inheriting the ignore, would carry on. A signal that comes
+    while `run` is still starting leaves no child behind either (it came between starting
+    pytest and installing the forwarding once, while an import was slow)."""
     # The child stands in for pytest's guest: a sleep named like QEMU, which the forwarding
-    # kills (kill_all(descendants=True)) and which outlives an ignored SIGINT.
+    # kills (kill_all(descendants=True)) and which outlives an ignored SIGINT. Its output
+    # goes elsewhere, so an orphan would not hold this test's pipes until it ends.
     guest = tmp_path / "qemu-system-x86_64"
     shutil.copy("/bin/sleep", guest)
+    seconds = 3 if ignored else 60
 
     def start() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.SIG_DFL)
 
-    p = subprocess.run(
-        [sys.executable, "-c", _FORWARD, str(guest), "3"], capture_output=True, text=True,
-        timeout=60, preexec_fn=start,
-    )  # fmt: skip
+    child = ["sh", "-c", f"exec {guest} {seconds} </dev/null >/dev/null 2>&1"]
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", _FORWARD, *child], capture_output=True, text=True,
+            timeout=60, preexec_fn=start, env={**os.environ, "KMX_SLOW_IMPORT": "1" * slow},
+        )  # fmt: skip
+        left = subprocess.run(["pgrep", "-f", str(guest)], capture_output=True, text=True)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", str(guest)], check=False)
     if ignored:
         assert p.returncode == 0, (p.returncode, p.stderr)
     else:
         assert p.returncode != 0, (p.returncode, p.stderr)  # the signal ended the child
+        assert not left.stdout.split(), f"the guest {left.stdout.split()} outlived the run"

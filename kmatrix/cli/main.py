@@ -128,11 +128,12 @@ def default_workers(matrix: Matrix) -> int:
 def _call_forwarding_signals(argv: list[str]) -> int:
     """Runs pytest as a child and passes SIGTERM/SIGINT on to it, so a cancelled CI job stops
     the run (and its QEMUs) instead of orphaning it."""
-    child = subprocess.Popen(argv)
-
-    # QMP and asyncio come with it: only `run` needs it, and only once pytest is started.
+    # QMP and asyncio come with it: only `run` needs it. Imported before pytest starts: a
+    # signal that came during a slow import, with pytest already running and no forwarding
+    # installed yet, left pytest and its guests running without this process.
     from kmatrix.vm.machine import kill_all
 
+    child = subprocess.Popen(argv)
     stopping = False
 
     def forward(signum: int, frame: object) -> None:
