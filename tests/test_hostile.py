@@ -1312,7 +1312,7 @@ def test_cli_values(env: Env) -> None:
         (("run", "-m", m, "--repeat", "0"), "--repeat", "1 or more"),
         (("run", "-m", m, "--repeat", "-3"), "--repeat", "1 or more"),
         (("run", "-m", m, "--rerun", "-1"), "--rerun", "0 or more"),
-        (("bisect", "-m", m, CELL, "--runs", "0"), "--runs", "1 or more"),
+        (("bisect", "-m", m, CELL, "--runs", "0"), "--runs", "at least one run"),
         (("run", "-m", m, "--reports", a_file), "--reports", "not a directory"),
         (("shell", "-m", m, CELL, "--reports", a_file), "--reports", "not a directory"),
         (("merge", a_file, run), "OUT_DIR", "not a directory"),

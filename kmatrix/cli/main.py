@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     with_matrix(sp)
     sp.add_argument("cell", help="the cell, e.g. kmx-6.1/Haswell/virtio")
     sp.add_argument("-k", dest="tests", help="pytest -k expression: the tests to run (all)")
-    sp.add_argument("--runs", type=positive, default=3, help="runs of the tests per step (3)")
+    sp.add_argument("--runs", type=int, default=3, help="runs of the tests per step (3)")
     sp.add_argument("--good", help="the known-good end: a patch, or vanilla (the baseline)")
     sp.add_argument("--reports", type=Path, default=Path("reports"), help="logs go in here")
     sp.add_argument("--json", type=output_file, help="also write the steps and the answer as JSON")

@@ -24,5 +24,5 @@ def count(text: str) -> int:
 
 
 def positive(text: str) -> int:
-    """A whole number >= 1 (--repeat, bisect --runs)."""
+    """A whole number >= 1 (--repeat)."""
     return whole_number(text, 1)
