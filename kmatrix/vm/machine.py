@@ -247,23 +247,32 @@ class Machine:
         if self.proc is None:
             self._close()  # never launched: still remove its run directory
             return None
-        # A step is credited when QEMU is gone after it, even if it went just after the wait
-        # gave up (a loaded host): an exit is never left unaccounted for.
-        if self.proc.poll() is None and self.qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp.cmd("quit", timeout=timeout)
-            if self.wait_exit(timeout) is not None or self.proc.poll() is not None:
-                self.shutdown_steps.append("qmp-quit")
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            if self.wait_exit(timeout) is not None or self.proc.poll() is not None:
-                self.shutdown_steps.append("sigterm")
-        if self.proc.poll() is None:
-            self.kill()
-            self.shutdown_steps.append("sigkill")
+        # Each step is taken only while QEMU runs, and the exit is credited to the last step
+        # taken, even when QEMU went just after that step's wait gave up (a loaded host).
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("qmp-quit", lambda: self._quit(timeout)),
+            ("sigterm", lambda: self._signal(signal.SIGTERM)),
+            ("sigkill", lambda: self._signal(signal.SIGKILL)),
+        ]
+        taken = ""
+        for name, step in steps:
+            if self.proc.poll() is not None:
+                break
+            if name == "qmp-quit" and self.qmp is None:
+                continue
+            step()
+            taken = name
+            self.wait_exit(timeout if name != "sigkill" else 10.0)
+        if taken and self.proc.poll() is not None:
+            self.shutdown_steps.append(taken)
         self.exitcode = self.proc.poll()
         self._close()
         return self.exitcode
+
+    def _quit(self, timeout: float) -> None:
+        assert self.qmp is not None
+        with contextlib.suppress(Exception):
+            self.qmp.cmd("quit", timeout=timeout)
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None
