@@ -31,6 +31,7 @@ from kmatrix.vm.qemuopts import unescape
 from kmatrix.vm.qmp import QMP
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
+KILL_WAIT = 10.0  # seconds a SIGKILLed QEMU gets to be reaped (its memory is unmapped)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -249,20 +250,19 @@ class Machine:
             return None
         # Each step is taken only while QEMU runs, and the exit is credited to the last step
         # taken, even when QEMU went just after that step's wait gave up (a loaded host).
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("qmp-quit", lambda: self._quit(timeout)),
-            ("sigterm", lambda: self._signal(signal.SIGTERM)),
-            ("sigkill", lambda: self._signal(signal.SIGKILL)),
+        steps: list[tuple[str, Callable[[], None], float]] = [
+            ("sigterm", lambda: self._signal(signal.SIGTERM), timeout),
+            ("sigkill", lambda: self._signal(signal.SIGKILL), KILL_WAIT),
         ]
+        if self.qmp is not None:
+            steps.insert(0, ("qmp-quit", lambda: self._quit(timeout), timeout))
         taken = ""
-        for name, step in steps:
+        for name, step, wait in steps:
             if self.proc.poll() is not None:
                 break
-            if name == "qmp-quit" and self.qmp is None:
-                continue
             step()
             taken = name
-            self.wait_exit(timeout if name != "sigkill" else 10.0)
+            self.wait_exit(wait)
         if taken and self.proc.poll() is not None:
             self.shutdown_steps.append(taken)
         self.exitcode = self.proc.poll()
@@ -285,7 +285,7 @@ class Machine:
         if self.proc is not None and self.proc.poll() is None:
             self._signal(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.exitcode = self.proc.wait(timeout=10)
+                self.exitcode = self.proc.wait(timeout=KILL_WAIT)
         self._close()
 
     def _close(self) -> None:
