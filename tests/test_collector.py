@@ -96,3 +96,25 @@ def test_without_a_plan_every_write_is_paced(
     for i in range(20):
         feed(c, clock, f"t.py::test_{i}[{cid}]", cid, 1.0)
     assert count[0] == 1 and 1 < len(count) < 20, count
+
+
+def test_a_cells_end_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun's reports for a cell that already ended do not each rewrite the file."""
+    matrix = load_matrix(TWO)
+    cid = matrix.cells[0].id
+    clock = Clock()
+    monkeypatch.setattr(collector_mod, "_clock", clock)
+    c = ResultsCollector(matrix, tmp_path, [])
+    c.plan = RunPlan(matrix, None)
+    nodeids = [f"t.py::test_{i}[{cid}]" for i in range(2)]
+    c.plan.set_nodeids(nodeids)
+    written: list[int] = []
+
+    def write() -> None:
+        written.append(len(c.records))
+        clock.now += 100.0  # so costly that pacing allows no other write here
+
+    monkeypatch.setattr(c, "_write", write)
+    for n in [*nodeids, nodeids[1]]:
+        feed(c, clock, n, cid, 1.0)
+    assert written == [1, 2]  # the first test (nothing written yet), then the cell's end

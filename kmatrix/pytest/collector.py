@@ -173,9 +173,11 @@ class ResultsCollector:
                     rec.message = summarize_failure("", rec.longrepr)[:2000]
         if report.when == "teardown":
             done = self.done.setdefault(cell_id, set())
+            first = report.nodeid not in done
             done.add(report.nodeid)
             planned = self.plan.tests.get(cell_id) if self.plan is not None else None
-            if (planned is not None and len(done) >= planned) or self._write_due():
+            # The cell's last planned test, once (a rerun's reports come again later).
+            if (first and len(done) == planned) or self._write_due():
                 self.write()
 
     def _write_due(self) -> bool:
