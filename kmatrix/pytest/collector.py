@@ -98,7 +98,7 @@ def read_cell_file(path: Path, read: Callable[[object, Path], T], default: T) ->
 
 
 # Between cells, results.json (and the per-cell JUnit) is rewritten no more often than keeps
-# the writing to this share of the time: 0.5 s for 882 results at load 7 means every 10 s.
+# the writing to this share of the time (a rewrite that takes 0.5 s comes at most every 10 s).
 WRITE_SHARE = 0.05
 _clock = time.monotonic  # the write pacing's clock (a test steps it)
 
